@@ -1,0 +1,65 @@
+# convserve task runner. `make help` lists the targets.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+MODEL_DIR ?= models/fashion_mnist
+# The official IDX files; on the project's dev machines they sit next to the checkout.
+FASHION_MNIST_DIR ?= $(wildcard $(CURDIR)/../shared/data/fashion-mnist)
+export FASHION_MNIST_DIR
+GATEWAY_PORT ?= 8080
+PYTEST_ARGS ?=
+
+.DEFAULT_GOAL := help
+.PHONY: help install run test test-fast lint format train quick-model serve-modelserver clean
+
+help: ## list the targets
+	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  \033[36m%-18s\033[0m %s\n", $$1, $$2}'
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(VENV)/bin/pip install --upgrade pip
+	$(VENV)/bin/pip install -e '.[test,loadtest]'
+	touch $(STAMP)
+
+install: $(STAMP) ## create .venv/ and install the project with its test dependencies
+
+quick-model: $(STAMP) ## train a quick model (about a minute) unless one is exported already
+	@if ls $(MODEL_DIR)/*/saved_model.pb >/dev/null 2>&1; then \
+		echo "model found in $(MODEL_DIR): $$(ls $(MODEL_DIR))"; \
+	else \
+		$(PY) -m training train --quick --export-dir $(MODEL_DIR); \
+	fi
+
+run: quick-model ## set up, train a quick model if none exists, serve the gateway on localhost:8080
+	@echo "Gateway on http://localhost:$(GATEWAY_PORT) (embedded backend on $(MODEL_DIR)). Try:"
+	@echo "  curl -s -X POST --data-binary @tests/support/images/ankle_boot.png -H 'Content-Type: image/png' http://localhost:$(GATEWAY_PORT)/v1/predict"
+	GATEWAY_BACKEND=$${GATEWAY_BACKEND:-embedded:$(MODEL_DIR)} GATEWAY_PORT=$(GATEWAY_PORT) $(PY) -m serving.gateway
+
+train: $(STAMP) ## train the full recipe and export the next version to models/fashion_mnist
+	$(PY) -m training train --export-dir $(MODEL_DIR)
+
+serve-modelserver: quick-model ## run the TF-Serving-compatible model server on :8500 (gRPC) and :8501 (REST)
+	$(PY) -m serving.modelserver --model_name=fashion_mnist --model_base_path=$(abspath $(MODEL_DIR)) \
+		--monitoring_config_file=serving/config/monitoring.config
+
+test: $(STAMP) ## lint, then run the whole test suite
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+test-fast: $(STAMP) ## tests without the slow and integration ones
+	$(PY) -m pytest -m "not slow and not integration" $(PYTEST_ARGS)
+
+lint: $(STAMP) ## ruff lint and format check
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+format: $(STAMP) ## apply ruff's fixes and formatting
+	$(VENV)/bin/ruff check --fix .
+	$(VENV)/bin/ruff format .
+
+clean: ## remove caches (keeps .venv/ and models/)
+	rm -rf .pytest_cache .ruff_cache build *.egg-info
+	find . -name __pycache__ -type d -prune -exec rm -rf {} +
