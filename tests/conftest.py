@@ -1,0 +1,60 @@
+"""Session-wide fixtures shared by the whole test suite.
+
+- ``fashion_mnist_dir``: Path of the folder with the four official IDX files
+  (``$FASHION_MNIST_DIR``, else ``../shared/data/fashion-mnist`` next to the checkout); tests that
+  use it are skipped when neither exists.
+- ``dataset``: the loaded :class:`training.data.Dataset` (uint8 arrays).
+- ``exported_model``: Path of a base dir ``.../fashion_mnist`` holding version ``1`` of a model
+  trained quickly (3000 images, 1 epoch, seed 0; about 75% test accuracy) with its
+  ``metrics.json``, exported once per session. Treat it as read-only: copy it to add versions.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+# The quick model behind `exported_model`: 3000 training images, 1 epoch, fixed seed.
+FIXTURE_TRAIN_SAMPLES = 3000
+FIXTURE_SEED = 0
+
+
+@pytest.fixture(scope="session")
+def fashion_mnist_dir() -> Path:
+    """The folder with the four official Fashion-MNIST .gz files (skip if unavailable)."""
+    env = os.environ.get("FASHION_MNIST_DIR")
+    path = Path(env) if env else ROOT.parent / "shared" / "data" / "fashion-mnist"
+    if not (path / "train-images-idx3-ubyte.gz").is_file():
+        pytest.skip(f"Fashion-MNIST IDX files not found in {path}; set FASHION_MNIST_DIR")
+    return path
+
+
+@pytest.fixture(scope="session")
+def dataset(fashion_mnist_dir: Path):
+    """Fashion-MNIST loaded (and verified) once per session."""
+    from training.data import load_fashion_mnist
+
+    return load_fashion_mnist(fashion_mnist_dir)
+
+
+@pytest.fixture(scope="session")
+def exported_model(tmp_path_factory: pytest.TempPathFactory, dataset) -> Path:
+    """Base dir ``.../fashion_mnist`` with version 1 of a quickly trained model (read-only)."""
+    from training.pipeline import run_training
+    from training.train import RECIPES
+
+    base = tmp_path_factory.mktemp("models") / "fashion_mnist"
+    recipe = RECIPES["lesson"].replace(
+        epochs=1, max_train_samples=FIXTURE_TRAIN_SAMPLES, seed=FIXTURE_SEED
+    )
+    run_training(dataset, recipe, export_dir=base, version=1, progress=False, plots=True)
+    return base
