@@ -1,0 +1,611 @@
+"""Versioned SavedModel loading, shared by the model server and the gateway's embedded backend.
+
+A base path holds one folder per integer version, as TF Serving expects::
+
+    models/fashion_mnist/1/saved_model.pb
+    models/fashion_mnist/2/saved_model.pb
+    models/fashion_mnist/.tmp-3/...          # being written: ignored
+
+Usage::
+
+    from serving.savedmodel import ModelManager, VersionPolicy
+
+    manager = ModelManager("fashion_mnist", "models/fashion_mnist", VersionPolicy.latest(1))
+    manager.start()                      # polls the base path every second in a thread
+    manager.wait_until_available(60)
+    version, outputs = manager.predict({"images": batch})
+    manager.close()
+
+`LoadedModel` wraps one version (``tf.saved_model.load``); `ModelManager` follows TF Serving's
+"availability preserving" policy: a new version is loaded before the version it replaces is
+unloaded, and a version being unloaded waits until the requests that hold it have finished.
+TensorFlow is imported lazily, so importing this module is cheap.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import threading
+import time
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass, field
+from enum import Enum
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+log = logging.getLogger(__name__)
+
+DEFAULT_SIGNATURE = "serving_default"
+WARMUP_FILE = Path("assets.extra") / "tf_serving_warmup_requests"
+PREDICT_METHOD = "tensorflow/serving/predict"
+
+
+class ModelError(Exception):
+    """Base class of the errors raised here; ``code`` is the gRPC status name it maps to."""
+
+    code = "UNKNOWN"
+
+
+class InvalidInput(ModelError, ValueError):
+    """The request does not fit the signature (names, dtype, shape)."""
+
+    code = "INVALID_ARGUMENT"
+
+
+class ServableNotFound(ModelError, LookupError):
+    """No loaded version matches the request (TF Serving's NOT_FOUND)."""
+
+    code = "NOT_FOUND"
+
+
+class LoadError(ModelError):
+    """A version could not be loaded (missing/corrupt SavedModel, failing warmup)."""
+
+
+class State(str, Enum):
+    """A version's lifecycle state, named as in TF Serving's ModelVersionStatus."""
+
+    START = "START"
+    LOADING = "LOADING"
+    AVAILABLE = "AVAILABLE"
+    UNLOADING = "UNLOADING"
+    END = "END"
+
+
+@dataclass(frozen=True)
+class VersionStatus:
+    """State of one version; ``error`` is empty when the version is healthy."""
+
+    version: int
+    state: str
+    error: str = ""
+
+
+def list_versions(base_path: str | os.PathLike[str]) -> list[int]:
+    """Return the sorted versions under ``base_path``: integer-named folders with saved_model.pb.
+
+    Anything else (files, ``.tmp-*`` folders being written, folders without a saved_model.pb)
+    is ignored. A missing base path gives an empty list.
+    """
+    base = Path(base_path)
+    try:
+        entries = list(base.iterdir())
+    except (FileNotFoundError, NotADirectoryError):
+        return []
+    versions = []
+    for entry in entries:
+        name = entry.name
+        if not name.isdigit() or not name.isascii():
+            continue
+        if (entry / "saved_model.pb").is_file() or (entry / "saved_model.pbtxt").is_file():
+            versions.append(int(name))
+    return sorted(versions)
+
+
+@dataclass(frozen=True)
+class TensorSpec:
+    """Name, NumPy dtype and shape (``None`` = any size) of one signature input or output."""
+
+    key: str
+    tensor_name: str
+    dtype: np.dtype
+    shape: tuple[int | None, ...] | None  # None: unknown rank
+
+    def describe(self) -> str:
+        """Human form used in error messages, e.g. ``float32[?,28,28,1]``."""
+        if self.shape is None:
+            return f"{self.dtype.name}[...]"
+        dims = ",".join("?" if d is None else str(d) for d in self.shape)
+        return f"{self.dtype.name}[{dims}]"
+
+
+@dataclass(frozen=True)
+class Signature:
+    """One signature: its name, method and input/output specs (keys sorted)."""
+
+    name: str
+    method_name: str
+    inputs: dict[str, TensorSpec]
+    outputs: dict[str, TensorSpec]
+
+
+def _spec_from_tensor_info(key: str, info: Any) -> TensorSpec:
+    from tensorflow.python.framework import dtypes
+
+    dtype = dtypes.as_dtype(info.dtype)
+    np_dtype = np.dtype(object) if dtype.name == "string" else np.dtype(dtype.as_numpy_dtype)
+    if info.tensor_shape.unknown_rank:
+        shape = None
+    else:
+        shape = tuple(None if d.size < 0 else int(d.size) for d in info.tensor_shape.dim)
+    return TensorSpec(key=key, tensor_name=info.name, dtype=np_dtype, shape=shape)
+
+
+def read_signature_defs(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """Read the ``SignatureDef`` protos of a SavedModel's serving meta graph (no graph loading)."""
+    from tensorflow.core.protobuf import saved_model_pb2
+
+    pb = Path(path) / "saved_model.pb"
+    saved = saved_model_pb2.SavedModel()
+    try:
+        saved.ParseFromString(pb.read_bytes())
+    except OSError as exc:
+        raise LoadError(f"cannot read {pb}: {exc.strerror or exc}") from exc
+    except Exception as exc:  # protobuf raises DecodeError (not an OSError) on corrupt data
+        raise LoadError(f"{pb} is not a SavedModel: {exc}") from exc
+    for meta_graph in saved.meta_graphs:
+        if "serve" in meta_graph.meta_info_def.tags or len(saved.meta_graphs) == 1:
+            return dict(meta_graph.signature_def)
+    raise LoadError(f"{pb} has no meta graph tagged 'serve'")
+
+
+class LoadedModel:
+    """One loaded SavedModel version with its signatures.
+
+    ``signature_defs`` holds the raw ``SignatureDef`` protos (what TF Serving's metadata API
+    returns); ``signatures`` the parsed specs used to validate requests.
+    """
+
+    def __init__(self, path: Path, version: int, obj: Any, signature_defs: dict[str, Any]):
+        self.path = path
+        self.version = version
+        self._obj = obj
+        self._functions = {name: obj.signatures[name] for name in obj.signatures}
+        self.signature_defs = signature_defs
+        self.signatures: dict[str, Signature] = {}
+        for name, sig_def in signature_defs.items():
+            if name not in self._functions:
+                continue  # e.g. __saved_model_init_op: listed in metadata, not callable
+            self.signatures[name] = Signature(
+                name=name,
+                method_name=sig_def.method_name,
+                inputs={k: _spec_from_tensor_info(k, v) for k, v in sorted(sig_def.inputs.items())},
+                outputs={
+                    k: _spec_from_tensor_info(k, v) for k, v in sorted(sig_def.outputs.items())
+                },
+            )
+
+    @classmethod
+    def load(cls, path: str | os.PathLike[str], version: int | None = None) -> LoadedModel:
+        """Load the SavedModel at ``path`` (a version folder); version defaults to its name."""
+        import tensorflow as tf
+
+        p = Path(path)
+        if version is None:
+            if not p.name.isdigit():
+                raise LoadError(f"cannot infer the version from folder name {p.name!r}")
+            version = int(p.name)
+        signature_defs = read_signature_defs(p)
+        try:
+            obj = tf.saved_model.load(str(p))
+        except (OSError, ValueError, tf.errors.OpError) as exc:
+            raise LoadError(f"cannot load SavedModel {p}: {exc}") from exc
+        return cls(p, version, obj, signature_defs)
+
+    def signature(self, name: str = DEFAULT_SIGNATURE) -> Signature:
+        """Return a signature by name, or raise `InvalidInput` (as TF Serving does)."""
+        name = name or DEFAULT_SIGNATURE
+        try:
+            return self.signatures[name]
+        except KeyError:
+            raise InvalidInput(
+                f'Serving signature name: "{name}" not found in signature def'
+            ) from None
+
+    def check_inputs(
+        self, inputs: Mapping[str, Any], signature_name: str = DEFAULT_SIGNATURE
+    ) -> dict[str, np.ndarray]:
+        """Validate and convert ``inputs`` to the signature's dtypes; raise `InvalidInput`."""
+        sig = self.signature(signature_name)
+        missing = sorted(set(sig.inputs) - set(inputs))
+        extra = sorted(set(inputs) - set(sig.inputs))
+        if missing or extra:
+            parts = []
+            if missing:
+                parts.append(f"missing inputs: {', '.join(missing)}")
+            if extra:
+                parts.append(f"unexpected inputs: {', '.join(extra)}")
+            raise InvalidInput(
+                f"Request inputs do not match signature '{sig.name}' "
+                f"(expects {', '.join(sig.inputs)}); " + "; ".join(parts)
+            )
+        out: dict[str, np.ndarray] = {}
+        for key, spec in sig.inputs.items():
+            out[key] = _conform(key, inputs[key], spec)
+        return out
+
+    def predict(
+        self, inputs: Mapping[str, np.ndarray], signature_name: str = DEFAULT_SIGNATURE
+    ) -> dict[str, np.ndarray]:
+        """Run a signature on NumPy inputs and return its outputs as NumPy arrays.
+
+        String outputs come back as object arrays of ``bytes``, as ``Tensor.numpy()`` gives them.
+        """
+        import tensorflow as tf
+
+        checked = self.check_inputs(inputs, signature_name)
+        fn = self._functions[signature_name or DEFAULT_SIGNATURE]
+        try:
+            result = fn(**{k: tf.convert_to_tensor(v) for k, v in checked.items()})
+        except tf.errors.InvalidArgumentError as exc:
+            raise InvalidInput(exc.message) from exc
+        return {k: v.numpy() for k, v in result.items()}
+
+    def warmup_records(self) -> Iterator[Any]:
+        """Yield the ``PredictionLog`` records of ``assets.extra/tf_serving_warmup_requests``."""
+        import tensorflow as tf
+        from tensorflow_serving.apis import prediction_log_pb2
+
+        path = self.path / WARMUP_FILE
+        if not path.is_file():
+            return
+        for raw in tf.data.TFRecordDataset(str(path)).as_numpy_iterator():
+            record = prediction_log_pb2.PredictionLog()
+            record.ParseFromString(raw)
+            yield record
+
+    def run_warmup(self) -> int:
+        """Replay the warmup records (predict logs only) and return how many were run.
+
+        Raises `LoadError` on a record that is not a predict log or does not run, as TF Serving
+        refuses to serve a version whose warmup fails.
+        """
+        import tensorflow as tf
+
+        count = 0
+        for record in self.warmup_records():
+            kind = record.WhichOneof("log_type")
+            if kind != "predict_log":
+                raise LoadError(f"unsupported warmup record type {kind!r} in {WARMUP_FILE}")
+            request = record.predict_log.request
+            inputs = {k: tf.make_ndarray(v) for k, v in request.inputs.items()}
+            try:
+                self.predict(inputs, request.model_spec.signature_name or DEFAULT_SIGNATURE)
+            except InvalidInput as exc:
+                raise LoadError(f"warmup record {count} failed: {exc}") from exc
+            count += 1
+        return count
+
+
+def _conform(key: str, value: Any, spec: TensorSpec) -> np.ndarray:
+    """Convert one input to the spec's dtype and check its shape."""
+    arr = value if isinstance(value, np.ndarray) else np.asarray(value)
+    if spec.dtype == np.dtype(object):
+        if arr.dtype.kind not in ("O", "S", "U"):
+            raise InvalidInput(f"input '{key}' expects strings, got {arr.dtype.name}")
+    elif arr.dtype != spec.dtype:
+        if arr.dtype.kind in ("O", "S", "U") or (spec.dtype.kind in "iu" and arr.dtype.kind == "f"):
+            raise InvalidInput(
+                f"input '{key}' expects {spec.dtype.name}, got {arr.dtype.name} values"
+            )
+        arr = arr.astype(spec.dtype)
+    if spec.shape is not None:
+        ok = arr.ndim == len(spec.shape) and all(
+            want is None or want == got for want, got in zip(spec.shape, arr.shape, strict=False)
+        )
+        if not ok:
+            got = "[" + ",".join(str(d) for d in arr.shape) + "]"
+            raise InvalidInput(f"input '{key}' expects shape {spec.describe()}, got {got}")
+    return arr
+
+
+@dataclass(frozen=True)
+class VersionPolicy:
+    """Which versions to serve, like TF Serving's ``model_version_policy``.
+
+    ``kind`` is ``latest`` (the ``num_versions`` highest), ``all`` or ``specific``.
+    """
+
+    kind: str = "latest"
+    num_versions: int = 1
+    versions: tuple[int, ...] = ()
+
+    @classmethod
+    def latest(cls, num_versions: int = 1) -> VersionPolicy:
+        """Serve the ``num_versions`` highest versions."""
+        if num_versions < 1:
+            raise ValueError("latest policy needs num_versions >= 1")
+        return cls("latest", num_versions=num_versions)
+
+    @classmethod
+    def all(cls) -> VersionPolicy:
+        """Serve every version found."""
+        return cls("all")
+
+    @classmethod
+    def specific(cls, versions: list[int] | tuple[int, ...]) -> VersionPolicy:
+        """Serve exactly these versions (when present)."""
+        if not versions:
+            raise ValueError("specific policy needs at least one version")
+        return cls("specific", versions=tuple(sorted(set(int(v) for v in versions))))
+
+    def select(self, available: list[int]) -> list[int]:
+        """Return the versions this policy serves out of ``available``."""
+        if self.kind == "all":
+            return sorted(available)
+        if self.kind == "specific":
+            return sorted(set(available) & set(self.versions))
+        return sorted(available)[-self.num_versions :]
+
+
+@dataclass
+class _Servable:
+    version: int
+    state: State = State.START
+    error: str = ""
+    model: LoadedModel | None = None
+    in_flight: int = 0
+    cond: threading.Condition = field(default_factory=threading.Condition)
+
+
+Loader = Callable[[Path, int], LoadedModel]
+
+
+def _default_loader(path: Path, version: int) -> LoadedModel:
+    model = LoadedModel.load(path, version)
+    n = model.run_warmup()
+    if n:
+        log.info("version %d: ran %d warmup record(s)", version, n)
+    return model
+
+
+class ModelManager:
+    """Serves the versions of one model that a `VersionPolicy` selects from a base path.
+
+    `poll()` (called every ``poll_interval_s`` by the thread `start()` runs) loads versions
+    that appeared and unloads the ones that disappeared or fell out of the policy. Requests
+    take a version with `acquire()` (a context manager): a version being unloaded waits for
+    those requests (up to ``drain_timeout_s``) before it is dropped.
+    """
+
+    def __init__(
+        self,
+        name: str,
+        base_path: str | os.PathLike[str],
+        policy: VersionPolicy | None = None,
+        *,
+        poll_interval_s: float = 1.0,
+        labels: Mapping[str, int] | None = None,
+        loader: Loader | None = None,
+        drain_timeout_s: float = 30.0,
+        on_change: Callable[[ModelManager], None] | None = None,
+    ):
+        self.name = name
+        self.base_path = Path(base_path)
+        self.policy = policy or VersionPolicy.latest()
+        self.poll_interval_s = poll_interval_s
+        self.labels: dict[str, int] = dict(labels or {})
+        self._loader = loader or _default_loader
+        self._drain_timeout_s = drain_timeout_s
+        self._on_change = on_change
+        self._lock = threading.RLock()
+        self._poll_lock = threading.Lock()
+        self._servables: dict[int, _Servable] = {}
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    # -- lifecycle ------------------------------------------------------------------------
+    def start(self) -> None:
+        """Start polling the base path in a daemon thread (first poll happens immediately)."""
+        if self._thread is not None:
+            return
+        self._stop.clear()
+        self._thread = threading.Thread(target=self._run, name=f"poll-{self.name}", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            try:
+                self.poll()
+            except OSError as exc:  # e.g. base path on a flaky mount: try again next round
+                log.warning("model %s: polling %s failed: %s", self.name, self.base_path, exc)
+            self._stop.wait(self.poll_interval_s)
+
+    def close(self) -> None:
+        """Stop polling and unload every version."""
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=max(5.0, self.poll_interval_s * 2))
+            self._thread = None
+        with self._poll_lock:
+            for version in list(self._loaded_versions()):
+                self._unload(version)
+
+    def update(
+        self, policy: VersionPolicy | None = None, labels: Mapping[str, int] | None = None
+    ) -> None:
+        """Change the version policy and/or labels (a config reload); applies at the next poll."""
+        with self._lock:
+            if policy is not None:
+                self.policy = policy
+            if labels is not None:
+                self.labels = dict(labels)
+
+    # -- polling ----------------------------------------------------------------------------
+    def _loaded_versions(self) -> list[int]:
+        with self._lock:
+            return sorted(
+                v for v, s in self._servables.items() if s.state in (State.LOADING, State.AVAILABLE)
+            )
+
+    def poll(self) -> bool:
+        """Load newly selected versions, then unload unselected ones; True if anything changed."""
+        with self._poll_lock:
+            wanted = self.policy.select(list_versions(self.base_path))
+            changed = False
+            for version in wanted:
+                with self._lock:
+                    servable = self._servables.get(version)
+                    # A version that failed to load is retried only after it disappears.
+                    if servable is not None and (
+                        servable.state in (State.LOADING, State.AVAILABLE) or servable.error
+                    ):
+                        continue
+                self._load(version)
+                changed = True
+            for version in self._loaded_versions():
+                if version not in wanted:
+                    self._unload(version)
+                    changed = True
+            with self._lock:
+                for version, servable in list(self._servables.items()):
+                    # forget failed versions whose folder is gone, so a re-export is retried
+                    if servable.error and version not in wanted:
+                        del self._servables[version]
+        if changed and self._on_change is not None:
+            self._on_change(self)
+        return changed
+
+    def _load(self, version: int) -> None:
+        servable = _Servable(version, State.LOADING)
+        with self._lock:
+            self._servables[version] = servable
+        path = self.base_path / str(version)
+        log.info("model %s: loading version %d from %s", self.name, version, path)
+        started = time.perf_counter()
+        try:
+            model = self._loader(path, version)
+        except ModelError as exc:
+            log.error("model %s: version %d failed to load: %s", self.name, version, exc)
+            with self._lock:
+                servable.state, servable.error = State.END, str(exc)
+            return
+        with self._lock:
+            servable.model, servable.state = model, State.AVAILABLE
+        log.info(
+            "model %s: version %d AVAILABLE (%.2fs)",
+            self.name,
+            version,
+            time.perf_counter() - started,
+        )
+
+    def _unload(self, version: int) -> None:
+        with self._lock:
+            servable = self._servables.get(version)
+            if servable is None or servable.state == State.END:
+                return
+            servable.state = State.UNLOADING
+        log.info("model %s: unloading version %d", self.name, version)
+        with servable.cond:
+            drained = servable.cond.wait_for(
+                lambda: servable.in_flight == 0, timeout=self._drain_timeout_s
+            )
+        if not drained:
+            log.warning(
+                "model %s: version %d still has %d request(s) after %.0fs; dropping it anyway",
+                self.name,
+                version,
+                servable.in_flight,
+                self._drain_timeout_s,
+            )
+        with self._lock:
+            servable.model, servable.state = None, State.END
+
+    # -- requests ---------------------------------------------------------------------------
+    def resolve(self, version: int | None = None, label: str | None = None) -> int:
+        """Return the AVAILABLE version a request names (latest when neither is given)."""
+        with self._lock:
+            if label:
+                if label not in self.labels:
+                    raise ServableNotFound(f"Unrecognized servable version label: {label}")
+                version = self.labels[label]
+            available = [v for v, s in self._servables.items() if s.state == State.AVAILABLE]
+            if version is None:
+                if not available:
+                    raise ServableNotFound(f"Servable not found for request: Latest({self.name})")
+                return max(available)
+            if version not in available:
+                raise ServableNotFound(
+                    f"Servable not found for request: Specific({self.name}, {version})"
+                )
+            return version
+
+    @contextlib.contextmanager
+    def acquire(
+        self, version: int | None = None, label: str | None = None
+    ) -> Iterator[LoadedModel]:
+        """Hold a loaded version for the duration of a request (it will not be unloaded)."""
+        with self._lock:
+            resolved = self.resolve(version, label)
+            servable = self._servables[resolved]
+            assert servable.model is not None
+            model = servable.model
+            with servable.cond:
+                servable.in_flight += 1
+        try:
+            yield model
+        finally:
+            with servable.cond:
+                servable.in_flight -= 1
+                servable.cond.notify_all()
+
+    def predict(
+        self,
+        inputs: Mapping[str, np.ndarray],
+        *,
+        version: int | None = None,
+        label: str | None = None,
+        signature_name: str = DEFAULT_SIGNATURE,
+    ) -> tuple[int, dict[str, np.ndarray]]:
+        """Run a prediction on the requested (default: latest) version; return (version, outputs)."""
+        with self.acquire(version, label) as model:
+            return model.version, model.predict(inputs, signature_name)
+
+    def status(self, version: int | None = None, label: str | None = None) -> list[VersionStatus]:
+        """Per-version states, like GetModelStatus; a named version/label must exist."""
+        with self._lock:
+            if label:
+                if label not in self.labels:
+                    raise ServableNotFound(f"Unrecognized servable version label: {label}")
+                version = self.labels[label]
+            if version is not None:
+                servable = self._servables.get(version)
+                if servable is None:
+                    raise ServableNotFound(f"Could not find version {version} of model {self.name}")
+                return [VersionStatus(version, servable.state.value, servable.error)]
+            return [
+                VersionStatus(v, s.state.value, s.error)
+                for v, s in sorted(self._servables.items(), reverse=True)
+            ]
+
+    def available_versions(self) -> list[int]:
+        """Versions currently AVAILABLE, ascending."""
+        with self._lock:
+            return sorted(v for v, s in self._servables.items() if s.state == State.AVAILABLE)
+
+    def wait_until_available(self, timeout_s: float = 60.0, version: int | None = None) -> bool:
+        """Block until some (or the given) version is AVAILABLE; False on timeout."""
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            avail = self.available_versions()
+            if (version is None and avail) or (version is not None and version in avail):
+                return True
+            time.sleep(0.05)
+        return False
+
+
+VersionWatcher = ModelManager  # the name the task description used for the same thing
