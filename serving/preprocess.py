@@ -1,0 +1,271 @@
+"""Image bytes or pixel arrays → the model's input tensor (NumPy + Pillow only, no TensorFlow).
+
+The model expects what Fashion-MNIST contains: a 28x28 grayscale image of a *light* object on a
+*black* background, as float32 in [0, 1]. Real inputs are product photos (dark object on a light
+background, any size, colour, JPEG artefacts), so :func:`decode_image` repeats the conversion
+the dataset's authors documented in the Fashion-MNIST README, in their order:
+
+1. decode (PNG, JPEG, WebP, GIF, BMP; first frame only), apply the EXIF orientation, flatten any
+   transparency onto white, convert to 8-bit grayscale;
+2. trim the edges whose pixels are all close (5% of full scale) to the background colour
+   (the median of the image's border ring, which is more robust to noise than one corner pixel);
+3. resize the longest edge to 28 (area averaging; see docs/BENCHMARKS.md for the choice);
+4. sharpen (unsharp mask, Gaussian radius 1);
+5. centre on a 28x28 canvas of the background colour;
+6. negate — only when the background is light, because the dataset has light clothes on black —
+   and stretch so that the background maps to exactly 0 as in the dataset;
+7. scale to [0, 1].
+
+An image that is already 28x28 and single-channel grayscale is taken to be in the dataset's form
+and only scaled (value / 255): no trim, resize, sharpening or negation.
+
+Example::
+
+    from serving.preprocess import decode_image, to_batch
+    x = to_batch([decode_image(open("tests/support/images/ankle_boot.png", "rb").read())])
+    x.shape, x.dtype  # ((1, 28, 28, 1), dtype('float32'))
+
+Everything here is a pure function of its arguments; Pillow's global settings are not changed.
+"""
+
+from __future__ import annotations
+
+import io
+import struct
+import warnings
+import zlib
+from collections.abc import Sequence
+
+import numpy as np
+from PIL import Image, ImageFilter, ImageOps
+
+from serving.labels import IMAGE_SIZE
+
+__all__ = [
+    "MAX_PIXELS",
+    "SUPPORTED_FORMATS",
+    "ImageTooLarge",
+    "InvalidImage",
+    "PreprocessError",
+    "array_to_input",
+    "decode_image",
+    "to_batch",
+]
+
+#: Default pixel limit (width x height, checked from the header before any pixel data is decoded).
+#: 40 MP covers current phone and camera photos; a 40 MP RGB image decodes to 120 MB.
+MAX_PIXELS = 40_000_000
+
+#: Pillow format names accepted by :func:`decode_image` (others are not even tried).
+SUPPORTED_FORMATS: tuple[str, ...] = ("PNG", "JPEG", "WEBP", "GIF", "BMP")
+_FORMATS_TEXT = "PNG, JPEG, WebP, GIF, BMP"
+
+# Trim tolerance: the README's "5% of the maximum possible intensity".
+_TRIM_TOLERANCE = round(0.05 * 255)
+# Sharpening after the resize (README: "Gaussian operator of the radius and standard deviation
+# of 1.0"); built once.
+_SHARPEN = ImageFilter.UnsharpMask(radius=1, percent=100, threshold=0)
+# JPEGs much larger than this are decoded at 1/2, 1/4 or 1/8 scale (libjpeg's DCT scaling),
+# which is far faster and still leaves > 8x the resolution the model needs.
+_DRAFT_SIZE = (8 * IMAGE_SIZE, 8 * IMAGE_SIZE)
+_EXIF_ORIENTATION = 0x0112
+# Exceptions Pillow's decoders raise on corrupt or truncated data.
+_DECODE_ERRORS = (
+    OSError,
+    ValueError,
+    EOFError,
+    SyntaxError,
+    IndexError,
+    KeyError,
+    TypeError,
+    struct.error,
+    zlib.error,
+)
+# uint8 → float32 value / 255, exactly as the training code scales (a lookup beats a division).
+_SCALE_LUT = np.arange(256, dtype=np.float32) / np.float32(255.0)
+
+
+class PreprocessError(ValueError):
+    """Base class: the input cannot be turned into a model tensor."""
+
+
+class InvalidImage(PreprocessError):
+    """Not a decodable image in a supported format, or a bad pixel array (→ HTTP 400)."""
+
+
+class ImageTooLarge(PreprocessError):
+    """More pixels than allowed, or a decompression bomb (→ HTTP 413)."""
+
+
+def _too_large(width: int, height: int, max_pixels: int) -> ImageTooLarge:
+    return ImageTooLarge(
+        f"image is {width}x{height} = {width * height} pixels, "
+        f"more than the limit of {max_pixels} pixels"
+    )
+
+
+def _open(data: bytes, max_pixels: int) -> Image.Image:
+    """Identify the image and check its declared size; no pixel data is decoded here."""
+    if not isinstance(data, (bytes, bytearray, memoryview)):
+        raise InvalidImage(f"expected image bytes, got {type(data).__name__}")
+    if len(data) == 0:
+        raise InvalidImage(f"not a supported image ({_FORMATS_TEXT}): empty body")
+    try:
+        with warnings.catch_warnings():
+            # Our own limit is checked right below; Pillow's warning would only be noise.
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            img = Image.open(io.BytesIO(data), formats=SUPPORTED_FORMATS)
+    except Image.DecompressionBombError as exc:
+        raise ImageTooLarge(f"image rejected as a decompression bomb: {exc}") from None
+    except _DECODE_ERRORS:
+        raise InvalidImage(
+            f"not a supported image ({_FORMATS_TEXT}): cannot identify image data"
+        ) from None
+    width, height = img.size
+    if width <= 0 or height <= 0:
+        raise InvalidImage(f"image has an empty size {width}x{height}")
+    if width * height > max_pixels:
+        raise _too_large(width, height, max_pixels)
+    return img
+
+
+def _load_gray(img: Image.Image) -> tuple[Image.Image, bool]:
+    """Decode the first frame → (8-bit grayscale image, True if the source was plain grayscale)."""
+    if img.format == "JPEG" and (img.width > 2 * _DRAFT_SIZE[0] or img.height > 2 * _DRAFT_SIZE[1]):
+        img.draft("L", _DRAFT_SIZE)
+    img.load()
+    source_gray = img.mode == "L" and "transparency" not in img.info
+    # EXIF orientation (JPEG, WebP, PNG eXIf); cheap when absent.
+    if img.getexif().get(_EXIF_ORIENTATION, 1) != 1:
+        img = ImageOps.exif_transpose(img)
+    if img.mode == "P" or "transparency" in img.info:
+        img = img.convert("RGBA")
+    if img.mode in ("RGBA", "LA", "PA", "RGBa", "La"):
+        # Transparent areas become white: a cut-out product is shown on a light page.
+        rgba = img.convert("RGBA")
+        canvas = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        canvas.alpha_composite(rgba)
+        img = canvas
+    if img.mode != "L":
+        img = img.convert("L")
+    return img, source_gray
+
+
+def _border_background(pixels: np.ndarray) -> float:
+    """Background level: the median of the outermost ring of pixels."""
+    ring = np.concatenate((pixels[0, :], pixels[-1, :], pixels[1:-1, 0], pixels[1:-1, -1]))
+    return float(np.median(ring))
+
+
+def _dataset_form(gray: Image.Image) -> np.ndarray:
+    """Fashion-MNIST's conversion steps 2-6 on a grayscale image → uint8 [28, 28]."""
+    pixels = np.asarray(gray)
+    background = _border_background(pixels)
+    light_background = background > 127.5
+
+    # 2. trim edges close to the background colour
+    foreground = np.abs(pixels.astype(np.int16) - round(background)) > _TRIM_TOLERANCE
+    rows = np.flatnonzero(foreground.any(axis=1))
+    cols = np.flatnonzero(foreground.any(axis=0))
+    if rows.size == 0:  # blank image: nothing but background
+        return np.zeros((IMAGE_SIZE, IMAGE_SIZE), dtype=np.uint8)
+    top, bottom, left, right = rows[0], rows[-1] + 1, cols[0], cols[-1] + 1
+    cropped = gray.crop((int(left), int(top), int(right), int(bottom)))
+
+    # 3. longest edge → 28, 4. sharpen
+    w, h = cropped.size
+    scale = IMAGE_SIZE / max(w, h)
+    new_size = (
+        max(1, min(IMAGE_SIZE, round(w * scale))),
+        max(1, min(IMAGE_SIZE, round(h * scale))),
+    )
+    if new_size != (w, h):
+        resample = Image.Resampling.BOX if scale < 1 else Image.Resampling.BILINEAR
+        cropped = cropped.resize(new_size, resample)
+    cropped = cropped.filter(_SHARPEN)
+
+    # 5. centre on a 28x28 canvas filled with the background colour
+    canvas = Image.new("L", (IMAGE_SIZE, IMAGE_SIZE), round(background))
+    canvas.paste(cropped, ((IMAGE_SIZE - new_size[0]) // 2, (IMAGE_SIZE - new_size[1]) // 2))
+    out = np.asarray(canvas).astype(np.float32)
+
+    # 6. negate when the background is light; map the background to exactly 0
+    if light_background:
+        out = 255.0 - out
+        level = 255.0 - background
+    else:
+        level = background
+    if level > 0:  # level <= 127.5 here, so the division is safe
+        out = (out - level) * (255.0 / (255.0 - level))
+    return np.clip(out, 0, 255).astype(np.uint8)
+
+
+def decode_image(data: bytes, *, max_pixels: int = MAX_PIXELS) -> np.ndarray:
+    """Decode image bytes into the model's input, float32 ``[28, 28, 1]`` in [0, 1].
+
+    Raises :class:`ImageTooLarge` when the header declares more than ``max_pixels`` pixels
+    (checked before decoding), :class:`InvalidImage` for anything that is not a readable
+    PNG, JPEG, WebP, GIF or BMP.
+    """
+    img = _open(data, max_pixels)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            gray, source_gray = _load_gray(img)
+    except Image.DecompressionBombError as exc:
+        raise ImageTooLarge(f"image rejected as a decompression bomb: {exc}") from None
+    except _DECODE_ERRORS as exc:
+        raise InvalidImage(f"cannot decode {img.format} image data: {exc}") from None
+    if source_gray and gray.size == (IMAGE_SIZE, IMAGE_SIZE):
+        pixels = np.asarray(gray)  # already in the dataset's form
+    else:
+        pixels = _dataset_form(gray)
+    return _SCALE_LUT[pixels].reshape(IMAGE_SIZE, IMAGE_SIZE, 1)
+
+
+def array_to_input(arr: object) -> np.ndarray:
+    """A 28x28 array (or nested lists) of 0-255 pixel values → float32 ``[28, 28, 1]`` in [0, 1].
+
+    The array is taken to be in the dataset's form (light object on black) and only scaled.
+    Accepts shape ``[28, 28]`` or ``[28, 28, 1]``; raises :class:`InvalidImage` for other
+    shapes, non-numbers, NaN/infinity or values outside 0-255.
+    """
+    try:
+        a = np.asarray(arr)
+    except (ValueError, TypeError) as exc:
+        raise InvalidImage(f"not a pixel array: {exc}") from None
+    if a.dtype == np.bool_ or not (
+        np.issubdtype(a.dtype, np.integer) or np.issubdtype(a.dtype, np.floating)
+    ):
+        raise InvalidImage(
+            f"pixel array must hold numbers 0-255, got {a.dtype.kind!r} values"
+            if a.dtype != object
+            else "pixel array must be a rectangular 28x28 grid of numbers 0-255"
+        )
+    if a.shape not in ((IMAGE_SIZE, IMAGE_SIZE), (IMAGE_SIZE, IMAGE_SIZE, 1)):
+        raise InvalidImage(
+            f"pixel array must have shape [{IMAGE_SIZE}, {IMAGE_SIZE}], got "
+            f"[{', '.join(str(d) for d in a.shape)}]"
+        )
+    a = a.astype(np.float32, copy=False).reshape(IMAGE_SIZE, IMAGE_SIZE, 1)
+    if not np.isfinite(a).all():
+        raise InvalidImage("pixel array contains NaN or infinite values")
+    lo, hi = float(a.min()), float(a.max())
+    if lo < 0 or hi > 255:
+        raise InvalidImage(f"pixel values must be within 0-255, got {lo:g}..{hi:g}")
+    return a / np.float32(255.0)
+
+
+def to_batch(items: Sequence[np.ndarray]) -> np.ndarray:
+    """Stack ``[28, 28, 1]`` inputs into one C-contiguous float32 batch ``[N, 28, 28, 1]``."""
+    if len(items) == 0:
+        raise InvalidImage("no images given")
+    batch = np.empty((len(items), IMAGE_SIZE, IMAGE_SIZE, 1), dtype=np.float32)
+    for i, item in enumerate(items):
+        if np.shape(item) != (IMAGE_SIZE, IMAGE_SIZE, 1):
+            raise InvalidImage(
+                f"item {i} has shape {tuple(np.shape(item))}, expected "
+                f"({IMAGE_SIZE}, {IMAGE_SIZE}, 1); use decode_image() or array_to_input()"
+            )
+        batch[i] = item
+    return batch

@@ -1,0 +1,203 @@
+"""TF Serving gRPC client: ``PredictionService/Predict`` and ``ModelService/GetModelStatus``.
+
+Requests carry the batch as raw ``tensor_content`` bytes (no per-float encoding), and ask only
+for the ``probabilities`` output. The protobuf modules are loaded without the TensorFlow
+runtime (see ``serving.tfserving._protos``).
+
+Example::
+
+    from serving.tfserving import GrpcClient
+    with GrpcClient("localhost:8500") as client:
+        result = client.predict(batch)          # batch: float32 [N, 28, 28, 1]
+        result.probabilities, result.model_version
+"""
+
+from __future__ import annotations
+
+import grpc
+import numpy as np
+
+from serving.labels import MODEL_NAME
+from serving.tfserving import _protos
+from serving.tfserving.base import (
+    INPUT_NAME,
+    OUTPUT_NAME,
+    SIGNATURE_NAME,
+    PredictResult,
+    VersionStatus,
+    call_with_retries,
+    check_batch,
+)
+from serving.tfserving.errors import (
+    BackendError,
+    BackendInvalidRequest,
+    BackendTimeout,
+    BackendUnavailable,
+    ModelNotFound,
+)
+
+__all__ = ["GrpcClient", "map_rpc_error"]
+
+_MAX_MESSAGE = 64 * 1024 * 1024
+_CHANNEL_OPTIONS = (
+    ("grpc.max_send_message_length", _MAX_MESSAGE),
+    ("grpc.max_receive_message_length", _MAX_MESSAGE),
+    # Reconnect quickly after the model server restarts (gRPC's default starts at 1 s).
+    ("grpc.initial_reconnect_backoff_ms", 100),
+    ("grpc.min_reconnect_backoff_ms", 100),
+    ("grpc.max_reconnect_backoff_ms", 2000),
+    # Retries are ours (bounded, only on UNAVAILABLE); keep gRPC's transparent ones out.
+    ("grpc.enable_retries", 0),
+)
+
+
+def map_rpc_error(exc: grpc.RpcError, what: str) -> BackendError:
+    """Translate a gRPC error into the matching :mod:`serving.tfserving.errors` class."""
+    code = exc.code() if hasattr(exc, "code") else None
+    details = (exc.details() if hasattr(exc, "details") else None) or str(exc)
+    message = f"{what}: {details}"
+    if code == grpc.StatusCode.UNAVAILABLE:
+        return BackendUnavailable(message)
+    if code == grpc.StatusCode.DEADLINE_EXCEEDED:
+        return BackendTimeout(message)
+    if code == grpc.StatusCode.NOT_FOUND:
+        return ModelNotFound(message)
+    if code == grpc.StatusCode.INVALID_ARGUMENT:
+        return BackendInvalidRequest(message)
+    name = code.name if code is not None else "UNKNOWN"
+    return BackendError(f"{what}: gRPC {name}: {details}")
+
+
+class GrpcClient:
+    """gRPC client for one model on TF Serving (or ``serving.modelserver``).
+
+    ``version`` or ``label`` pins the served version (ModelSpec.version / version_label);
+    neither means the latest. ``timeout`` is the deadline of each call in seconds, retries
+    included; ``retries`` bounds the retries on UNAVAILABLE.
+    """
+
+    def __init__(
+        self,
+        target: str,
+        model_name: str = MODEL_NAME,
+        *,
+        version: int | None = None,
+        label: str | None = None,
+        timeout: float = 5.0,
+        retries: int = 2,
+    ) -> None:
+        if version is not None and label is not None:
+            raise ValueError("pin either a version or a label, not both")
+        if timeout <= 0 or retries < 0:
+            raise ValueError("timeout must be > 0 and retries >= 0")
+        self.target = target
+        self.model_name = model_name
+        self.version = version
+        self.label = label
+        self.timeout = timeout
+        self.retries = retries
+        self._pb = _protos.load()
+        self._channel = grpc.insecure_channel(target, options=list(_CHANNEL_OPTIONS))
+        self._predict = self._pb.prediction_service_pb2_grpc.PredictionServiceStub(
+            self._channel
+        ).Predict
+        self._status = self._pb.model_service_pb2_grpc.ModelServiceStub(
+            self._channel
+        ).GetModelStatus
+        # Everything but the tensor is the same for every request: build it once.
+        self._template = self._pb.predict_pb2.PredictRequest()
+        self._fill_spec(self._template.model_spec)
+        self._template.model_spec.signature_name = SIGNATURE_NAME
+        self._template.output_filter.append(OUTPUT_NAME)
+        self._dt_float = self._pb.types_pb2.DT_FLOAT
+
+    def _fill_spec(self, spec: object) -> None:
+        spec.name = self.model_name
+        if self.version is not None:
+            spec.version.value = int(self.version)
+        elif self.label is not None:
+            spec.version_label = self.label
+
+    def __repr__(self) -> str:
+        pin = f" version={self.version}" if self.version is not None else ""
+        pin += f" label={self.label!r}" if self.label is not None else ""
+        return f"GrpcClient({self.target!r}, {self.model_name!r}{pin})"
+
+    def predict(self, batch: np.ndarray) -> PredictResult:
+        """Classify a float32 ``[N, 28, 28, 1]`` batch → probabilities ``[N, 10]`` + model version."""
+        arr = check_batch(batch)
+        request = self._pb.predict_pb2.PredictRequest()
+        request.CopyFrom(self._template)
+        tensor = request.inputs[INPUT_NAME]
+        tensor.dtype = self._dt_float
+        tensor.tensor_shape.dim.extend(tensor.tensor_shape.Dim(size=int(d)) for d in arr.shape)
+        tensor.tensor_content = arr.tobytes()
+        what = f"Predict {self.model_name} on {self.target}"
+
+        def attempt(remaining: float):
+            try:
+                return self._predict(request, timeout=remaining)
+            except grpc.RpcError as exc:
+                raise map_rpc_error(exc, what) from None
+
+        response = call_with_retries(attempt, timeout=self.timeout, retries=self.retries, what=what)
+        probabilities = self._read_probabilities(response, arr.shape[0], what)
+        if response.model_spec.HasField("version"):
+            model_version = int(response.model_spec.version.value)
+        else:
+            model_version = int(self.version or 0)
+        return PredictResult(probabilities=probabilities, model_version=model_version)
+
+    def _read_probabilities(self, response: object, n: int, what: str) -> np.ndarray:
+        if OUTPUT_NAME not in response.outputs:
+            raise BackendError(f"{what}: response has no {OUTPUT_NAME!r} output")
+        tensor = response.outputs[OUTPUT_NAME]
+        if tensor.dtype != self._dt_float:
+            raise BackendError(f"{what}: {OUTPUT_NAME!r} has dtype {tensor.dtype}, not DT_FLOAT")
+        shape = tuple(int(d.size) for d in tensor.tensor_shape.dim)
+        if tensor.tensor_content:
+            values = np.frombuffer(tensor.tensor_content, dtype="<f4")
+        else:
+            values = np.asarray(tensor.float_val, dtype=np.float32)
+        if len(shape) != 2 or shape[0] != n or values.size != shape[0] * shape[1]:
+            raise BackendError(
+                f"{what}: {OUTPUT_NAME!r} has shape {list(shape)} with {values.size} values "
+                f"for a batch of {n}"
+            )
+        return values.astype(np.float32).reshape(shape)
+
+    def model_status(self) -> list[VersionStatus]:
+        """The model's versions and their states (only the pinned one when pinned)."""
+        request = self._pb.get_model_status_pb2.GetModelStatusRequest()
+        self._fill_spec(request.model_spec)
+        what = f"GetModelStatus {self.model_name} on {self.target}"
+
+        def attempt(remaining: float):
+            try:
+                return self._status(request, timeout=remaining)
+            except grpc.RpcError as exc:
+                raise map_rpc_error(exc, what) from None
+
+        response = call_with_retries(attempt, timeout=self.timeout, retries=self.retries, what=what)
+        result = []
+        for status in response.model_version_status:
+            state = type(status).State.Name(status.state)
+            error = ""
+            if status.status.error_code != 0:
+                code = status.status.DESCRIPTOR.fields_by_name["error_code"].enum_type
+                code_name = code.values_by_number.get(status.status.error_code)
+                error = status.status.error_message or (
+                    code_name.name if code_name else str(status.status.error_code)
+                )
+            result.append(VersionStatus(version=int(status.version), state=state, error=error))
+        return sorted(result, key=lambda s: s.version)
+
+    def close(self) -> None:
+        """Close the channel."""
+        self._channel.close()
+
+    def __enter__(self) -> GrpcClient:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()

@@ -1,0 +1,251 @@
+"""TF Serving REST client: ``POST /v1/models/<name>[...]:predict`` and ``GET /v1/models/<name>[...]``.
+
+The batch goes out in the columnar form ``{"signature_name": "serving_default", "inputs":
+{"images": [...]}}`` over one keep-alive ``requests.Session``.
+
+Model version: TF Serving's REST ``:predict`` response does not say which version answered.
+When the client is pinned to a version, that number is returned. Otherwise (latest, or a
+label) the version comes from the model status endpoint — the highest AVAILABLE version for
+the latest, the label's version for a label — cached for ``version_ttl`` seconds (1 s by
+default). Right after a version swap it can therefore lag by up to ``version_ttl``.
+
+Example::
+
+    from serving.tfserving import RestClient
+    with RestClient("http://localhost:8501") as client:
+        result = client.predict(batch)          # batch: float32 [N, 28, 28, 1]
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from typing import Any
+
+import numpy as np
+import requests
+
+from serving.labels import MODEL_NAME
+from serving.tfserving.base import (
+    INPUT_NAME,
+    OUTPUT_NAME,
+    SIGNATURE_NAME,
+    PredictResult,
+    VersionStatus,
+    call_with_retries,
+    check_batch,
+)
+from serving.tfserving.errors import (
+    BackendError,
+    BackendInvalidRequest,
+    BackendTimeout,
+    BackendUnavailable,
+    ModelNotFound,
+)
+
+__all__ = ["RestClient"]
+
+_POOL_SIZE = 64
+_JSON_HEADERS = {"Content-Type": "application/json"}
+
+
+def _error_message(response: requests.Response) -> str:
+    """TF Serving's ``{"error": "..."}`` text, or the start of whatever the body was."""
+    try:
+        body = response.json()
+    except ValueError:
+        body = None
+    if isinstance(body, dict) and isinstance(body.get("error"), str):
+        return body["error"]
+    text = response.text.strip().replace("\n", " ")
+    return text[:200] or response.reason or "no body"
+
+
+def _map_http_error(response: requests.Response, what: str) -> BackendError:
+    message = f"{what}: HTTP {response.status_code}: {_error_message(response)}"
+    status = response.status_code
+    if status == 404:
+        return ModelNotFound(message)
+    if status == 400:
+        return BackendInvalidRequest(message)
+    if status in (502, 503):
+        return BackendUnavailable(message)
+    if status == 504:
+        return BackendTimeout(message)
+    return BackendError(message)
+
+
+class RestClient:
+    """REST client for one model on TF Serving (or ``serving.modelserver``).
+
+    ``base_url`` is e.g. ``http://localhost:8501``. ``version`` pins ``/versions/N``, ``label``
+    pins ``/labels/L``. ``timeout`` is the deadline of each call in seconds (retries included,
+    applied to connecting and to each read); ``retries`` bounds the retries on connection
+    errors and HTTP 502/503.
+    """
+
+    def __init__(
+        self,
+        base_url: str,
+        model_name: str = MODEL_NAME,
+        *,
+        version: int | None = None,
+        label: str | None = None,
+        timeout: float = 5.0,
+        retries: int = 2,
+        version_ttl: float = 1.0,
+    ) -> None:
+        if version is not None and label is not None:
+            raise ValueError("pin either a version or a label, not both")
+        if timeout <= 0 or retries < 0:
+            raise ValueError("timeout must be > 0 and retries >= 0")
+        if not base_url.startswith(("http://", "https://")):
+            raise ValueError(f"base_url must start with http:// or https://, got {base_url!r}")
+        self.base_url = base_url.rstrip("/")
+        self.model_name = model_name
+        self.version = version
+        self.label = label
+        self.timeout = timeout
+        self.retries = retries
+        self.version_ttl = version_ttl
+        path = f"{self.base_url}/v1/models/{model_name}"
+        if version is not None:
+            path += f"/versions/{int(version)}"
+        elif label is not None:
+            path += f"/labels/{label}"
+        self._model_url = path
+        self._predict_url = path + ":predict"
+        self._session = requests.Session()
+        adapter = requests.adapters.HTTPAdapter(pool_connections=1, pool_maxsize=_POOL_SIZE)
+        self._session.mount("http://", adapter)
+        self._session.mount("https://", adapter)
+        self._version_lock = threading.Lock()
+        self._cached_version: tuple[float, int] | None = None  # (expiry, version)
+
+    def __repr__(self) -> str:
+        return f"RestClient({self._model_url!r})"
+
+    def _request(self, method: str, url: str, what: str, body: bytes | None = None) -> Any:
+        def attempt(remaining: float) -> Any:
+            try:
+                response = self._session.request(
+                    method,
+                    url,
+                    data=body,
+                    headers=_JSON_HEADERS if body is not None else None,
+                    timeout=(remaining, remaining),
+                )
+            except requests.exceptions.ConnectTimeout:
+                raise BackendTimeout(
+                    f"{what}: connecting took longer than {remaining:.3g} s"
+                ) from None
+            except requests.exceptions.Timeout:
+                raise BackendTimeout(f"{what}: no answer within {remaining:.3g} s") from None
+            except requests.exceptions.ConnectionError as exc:
+                raise BackendUnavailable(f"{what}: {_short(exc)}") from None
+            except requests.exceptions.RequestException as exc:
+                raise BackendError(f"{what}: {_short(exc)}") from None
+            if response.status_code != 200:
+                raise _map_http_error(response, what)
+            try:
+                return response.json()
+            except ValueError:
+                raise BackendError(f"{what}: response is not JSON") from None
+
+        return call_with_retries(attempt, timeout=self.timeout, retries=self.retries, what=what)
+
+    def predict(self, batch: np.ndarray) -> PredictResult:
+        """Classify a float32 ``[N, 28, 28, 1]`` batch → probabilities ``[N, 10]`` + model version."""
+        arr = check_batch(batch)
+        body = json.dumps(
+            {"signature_name": SIGNATURE_NAME, "inputs": {INPUT_NAME: arr.tolist()}},
+            separators=(",", ":"),
+        ).encode()
+        what = f"POST {self._predict_url}"
+        payload = self._request("POST", self._predict_url, what, body)
+        probabilities = _read_probabilities(payload, arr.shape[0], what)
+        return PredictResult(probabilities=probabilities, model_version=self._model_version())
+
+    def _model_version(self) -> int:
+        if self.version is not None:
+            return int(self.version)
+        now = time.monotonic()
+        with self._version_lock:
+            cached = self._cached_version
+        if cached is not None and cached[0] > now:
+            return cached[1]
+        statuses = self.model_status()
+        available = [s.version for s in statuses if s.state == "AVAILABLE"]
+        version = max(available or [s.version for s in statuses] or [0])
+        with self._version_lock:
+            self._cached_version = (time.monotonic() + self.version_ttl, version)
+        return version
+
+    def model_status(self) -> list[VersionStatus]:
+        """The model's versions and their states (only the pinned one when pinned)."""
+        what = f"GET {self._model_url}"
+        payload = self._request("GET", self._model_url, what)
+        entries = payload.get("model_version_status") if isinstance(payload, dict) else None
+        if not isinstance(entries, list):
+            raise BackendError(f"{what}: no model_version_status list in the response")
+        result = []
+        try:
+            for entry in entries:
+                status = entry.get("status") or {}
+                code = status.get("error_code", "OK")
+                error = "" if code in ("OK", 0) else (status.get("error_message") or str(code))
+                result.append(
+                    VersionStatus(
+                        version=int(entry["version"]), state=str(entry["state"]), error=error
+                    )
+                )
+        except (KeyError, TypeError, ValueError, AttributeError) as exc:
+            raise BackendError(f"{what}: malformed model_version_status entry: {exc}") from None
+        return sorted(result, key=lambda s: s.version)
+
+    def close(self) -> None:
+        """Close the pooled connections."""
+        self._session.close()
+
+    def __enter__(self) -> RestClient:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+
+def _short(exc: BaseException) -> str:
+    """A one-line description of a requests exception (they nest urllib3 reprs)."""
+    text = str(exc)
+    for marker in (
+        "Connection refused",
+        "Connection reset",
+        "Name or service not known",
+        "Remote end closed connection",
+        "Max retries exceeded",
+    ):
+        if marker in text:
+            return marker.lower() if marker != "Max retries exceeded" else "cannot connect"
+    return text.splitlines()[0][:200] if text else type(exc).__name__
+
+
+def _read_probabilities(payload: Any, n: int, what: str) -> np.ndarray:
+    """Probabilities from a columnar (``outputs``) or row (``predictions``) response."""
+    if isinstance(payload, dict) and "outputs" in payload:
+        outputs = payload["outputs"]
+        values = outputs.get(OUTPUT_NAME) if isinstance(outputs, dict) else outputs
+    elif isinstance(payload, dict) and "predictions" in payload:
+        rows = payload["predictions"]
+        values = [r.get(OUTPUT_NAME) if isinstance(r, dict) else r for r in rows]
+    else:
+        raise BackendError(f"{what}: response has neither 'outputs' nor 'predictions'")
+    try:
+        probabilities = np.asarray(values, dtype=np.float32)
+    except (TypeError, ValueError):
+        raise BackendError(f"{what}: {OUTPUT_NAME!r} is not a numeric matrix") from None
+    if probabilities.ndim != 2 or probabilities.shape[0] != n:
+        raise BackendError(
+            f"{what}: {OUTPUT_NAME!r} has shape {list(probabilities.shape)} for a batch of {n}"
+        )
+    return probabilities
