@@ -1,0 +1,248 @@
+"""Gateway configuration: one typed object read from ``GATEWAY_*`` environment variables.
+
+Every field of :class:`GatewayConfig` has an environment variable named ``GATEWAY_`` plus the
+field name in upper case (``max_batch`` → ``GATEWAY_MAX_BATCH``). Values are parsed and
+validated once, at start-up; a bad value raises :class:`ConfigError` with a one-line message
+that names the variable.
+
+Example::
+
+    >>> cfg = GatewayConfig.from_env({"GATEWAY_BACKEND": "grpc://localhost:8500"})
+    >>> cfg.backend_kind, cfg.backend_target
+    ('grpc', 'localhost:8500')
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, fields
+from typing import Any, Literal, get_args, get_origin, get_type_hints
+
+from serving.labels import MODEL_NAME
+
+ENV_PREFIX = "GATEWAY_"
+DEFAULT_MODEL_DIR = "models/fashion_mnist"
+DEFAULT_BACKEND = f"embedded:{DEFAULT_MODEL_DIR}"
+# Mirrors serving.preprocess.MAX_PIXELS (kept literal so reading the config needs no Pillow);
+# a test checks that the two agree.
+DEFAULT_MAX_PIXELS = 40_000_000
+
+BackendKind = Literal["grpc", "http", "embedded"]
+
+_HOST_PORT = re.compile(r"^(?P<host>\[[0-9a-fA-F:.]+\]|[A-Za-z0-9_.-]+):(?P<port>\d{1,5})$")
+_LABEL = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
+_LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+
+
+class ConfigError(ValueError):
+    """A configuration value is missing, malformed or inconsistent (message names the variable)."""
+
+
+def env_name(field_name: str) -> str:
+    """Return the environment variable that sets ``field_name`` (``max_batch`` → ``GATEWAY_MAX_BATCH``)."""
+    return ENV_PREFIX + field_name.upper()
+
+
+@dataclass(frozen=True)
+class GatewayConfig:
+    """All gateway settings; see the module docstring for how they map to env variables."""
+
+    # Where predictions come from: grpc://host:port | http(s)://host:port | embedded:<path>.
+    backend: str = DEFAULT_BACKEND
+    model_name: str = MODEL_NAME
+    # Pin one model version, or a version label (TF Serving canary labels); never both.
+    model_version: int | None = None
+    model_label: str | None = None
+    # Deadline of one backend call, and how often an UNAVAILABLE backend is retried within it.
+    timeout_seconds: float = 5.0
+    retries: int = 2
+    # Limits: request body, images per request, decoded pixels per image.
+    max_body_bytes: int = 10 * 1024 * 1024
+    max_batch: int = 256
+    max_pixels: int = DEFAULT_MAX_PIXELS
+    # gunicorn process model (used by `python -m serving.gateway` / gunicorn_conf.py).
+    host: str = "0.0.0.0"
+    port: int = 8080
+    workers: int = 2
+    threads: int = 16
+    worker_timeout_seconds: int = 30
+    graceful_timeout_seconds: int = 20
+    keepalive_seconds: int = 5
+    access_log: bool = False
+    log_level: str = "INFO"
+    # Embedded backend: micro-batching and polling of the model directory for new versions.
+    batch_max_size: int = 64
+    batch_timeout_ms: float = 2.0
+    model_poll_seconds: float = 2.0
+    # Readiness probe cache and the Retry-After sent with 503 answers.
+    ready_cache_seconds: float = 1.0
+    retry_after_seconds: int = 1
+
+    def __post_init__(self) -> None:
+        self._validate()
+
+    # -- construction -------------------------------------------------------------------------
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> GatewayConfig:
+        """Build the config from ``GATEWAY_*`` variables of ``environ`` (default ``os.environ``)."""
+        environ = os.environ if environ is None else environ
+        values: dict[str, Any] = {}
+        hints = get_type_hints(cls)
+        for f in fields(cls):
+            raw = environ.get(env_name(f.name))
+            if raw is None or raw.strip() == "":
+                continue
+            values[f.name] = _parse(env_name(f.name), raw.strip(), hints[f.name])
+        return cls(**values)
+
+    def with_overrides(self, overrides: Mapping[str, Any]) -> GatewayConfig:
+        """Return a copy with ``overrides`` (field name → value; strings are parsed like env)."""
+        hints = get_type_hints(type(self))
+        names = {f.name for f in fields(self)}
+        values: dict[str, Any] = {}
+        for key, value in overrides.items():
+            if key not in names:
+                raise ConfigError(f"unknown gateway setting {key!r}")
+            values[key] = _parse(key, value, hints[key]) if isinstance(value, str) else value
+        return dataclasses.replace(self, **values)
+
+    # -- derived ------------------------------------------------------------------------------
+    @property
+    def backend_kind(self) -> BackendKind:
+        """``grpc``, ``http`` or ``embedded``."""
+        if self.backend.startswith("grpc://"):
+            return "grpc"
+        if self.backend.startswith(("http://", "https://")):
+            return "http"
+        return "embedded"
+
+    @property
+    def backend_target(self) -> str:
+        """``host:port`` for gRPC, the base URL for REST, the model directory for embedded."""
+        if self.backend_kind == "grpc":
+            return self.backend[len("grpc://") :].rstrip("/")
+        if self.backend_kind == "http":
+            return self.backend.rstrip("/")
+        return self.backend[len("embedded:") :]
+
+    # -- validation ---------------------------------------------------------------------------
+    def _validate(self) -> None:
+        hints = get_type_hints(type(self))
+        for f in fields(self):
+            _check_type(f.name, getattr(self, f.name), hints[f.name])
+        b = self.backend
+        if b.startswith("grpc://"):
+            if not _HOST_PORT.match(b[len("grpc://") :].rstrip("/")):
+                raise ConfigError(f"{env_name('backend')}={b!r}: expected grpc://host:port")
+        elif b.startswith(("http://", "https://")):
+            rest = b.split("://", 1)[1].rstrip("/")
+            if not _HOST_PORT.match(rest) and not re.match(r"^[A-Za-z0-9_.-]+$", rest):
+                raise ConfigError(f"{env_name('backend')}={b!r}: expected http://host:port")
+        elif b.startswith("embedded:"):
+            if not b[len("embedded:") :].strip():
+                raise ConfigError(
+                    f"{env_name('backend')}={b!r}: expected embedded:<path to the model base dir>"
+                )
+        else:
+            raise ConfigError(
+                f"{env_name('backend')}={b!r}: expected grpc://host:port, http://host:port "
+                "or embedded:<path>"
+            )
+        if not self.model_name or not _LABEL.match(self.model_name):
+            raise ConfigError(f"{env_name('model_name')}={self.model_name!r} is not a model name")
+        if self.model_version is not None and self.model_label is not None:
+            raise ConfigError(
+                f"set {env_name('model_version')} or {env_name('model_label')}, not both"
+            )
+        if self.model_version is not None and self.model_version < 1:
+            raise ConfigError(f"{env_name('model_version')} must be a positive integer")
+        if self.model_label is not None and not _LABEL.match(self.model_label):
+            raise ConfigError(f"{env_name('model_label')}={self.model_label!r} is not a label")
+        if self.model_label is not None and self.backend_kind == "embedded":
+            raise ConfigError(
+                f"{env_name('model_label')} needs a grpc:// or http:// backend "
+                "(version labels live in TF Serving's model config)"
+            )
+        positive = (
+            "timeout_seconds",
+            "max_body_bytes",
+            "max_batch",
+            "max_pixels",
+            "workers",
+            "threads",
+            "worker_timeout_seconds",
+            "batch_max_size",
+            "model_poll_seconds",
+        )
+        for name in positive:
+            if getattr(self, name) <= 0:
+                raise ConfigError(f"{env_name(name)} must be > 0, got {getattr(self, name)!r}")
+        non_negative = (
+            "retries",
+            "graceful_timeout_seconds",
+            "keepalive_seconds",
+            "batch_timeout_ms",
+            "ready_cache_seconds",
+            "retry_after_seconds",
+        )
+        for name in non_negative:
+            if getattr(self, name) < 0:
+                raise ConfigError(f"{env_name(name)} must be >= 0, got {getattr(self, name)!r}")
+        if not 0 < self.port < 65536:
+            raise ConfigError(f"{env_name('port')} must be a TCP port (1-65535), got {self.port}")
+        if self.log_level.upper() not in _LOG_LEVELS:
+            raise ConfigError(
+                f"{env_name('log_level')}={self.log_level!r}: expected one of {', '.join(_LOG_LEVELS)}"
+            )
+
+
+_TRUE = {"1", "true", "yes", "on"}
+_FALSE = {"0", "false", "no", "off"}
+
+
+def _parse(name: str, raw: str, hint: Any) -> Any:
+    """Parse one string value for a field of type ``hint``; raise ConfigError naming ``name``."""
+    base = _base_type(hint)
+    try:
+        if base is bool:
+            low = raw.lower()
+            if low in _TRUE:
+                return True
+            if low in _FALSE:
+                return False
+            raise ValueError
+        if base is int:
+            return int(raw)
+        if base is float:
+            return float(raw)
+    except ValueError:
+        kind = {bool: "a boolean (1/0, true/false)", int: "an integer", float: "a number"}[base]
+        raise ConfigError(f"{name}={raw!r} is not {kind}") from None
+    return raw
+
+
+def _base_type(hint: Any) -> type:
+    if get_origin(hint) is not None:  # Optional[X] / X | None
+        args = [a for a in get_args(hint) if a is not type(None)]
+        return args[0]
+    return hint
+
+
+def _check_type(name: str, value: Any, hint: Any) -> None:
+    optional = type(None) in get_args(hint)
+    if value is None:
+        if not optional:
+            raise ConfigError(f"{env_name(name)} must be set")
+        return
+    base = _base_type(hint)
+    ok = isinstance(value, base) and not (base is int and isinstance(value, bool))
+    if base is float and isinstance(value, int) and not isinstance(value, bool):
+        ok = True
+    if not ok:
+        raise ConfigError(f"{env_name(name)}={value!r} must be {base.__name__}")
+
+
+__all__ = ["DEFAULT_BACKEND", "ConfigError", "GatewayConfig", "env_name"]

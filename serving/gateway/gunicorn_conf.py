@@ -1,0 +1,91 @@
+"""gunicorn settings and hooks for the gateway, read from the ``GATEWAY_*`` environment.
+
+Used by ``python -m serving.gateway`` and usable directly::
+
+    GATEWAY_BACKEND=grpc://localhost:8500 gunicorn -c python:serving.gateway.gunicorn_conf
+
+Choices that are not obvious:
+
+- ``gthread`` workers: the views block on the backend (gRPC/REST call or the embedded
+  micro-batcher), so several threads per worker keep the CPU busy and, in embedded mode, give
+  the batcher concurrent requests to merge.
+- ``preload_app = False``: the app (and so the backend) is built in each worker *after* the
+  fork. gRPC channels and the TensorFlow runtime do not survive a fork, and prometheus-client
+  must see ``PROMETHEUS_MULTIPROC_DIR`` before its first import.
+- Metrics: ``on_starting`` points ``PROMETHEUS_MULTIPROC_DIR`` at a fresh temporary directory
+  (or empties the one given) before any worker starts; ``child_exit`` marks dead workers;
+  ``on_exit`` removes the directory it created.
+
+This module must not import Flask or prometheus-client at import time (it runs in the master).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from typing import Any
+
+from serving.gateway.config import GatewayConfig
+
+MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
+_OWNED_ENV = "CONVSERVE_GATEWAY_OWNS_METRICS_DIR"
+
+_cfg = GatewayConfig.from_env()
+
+wsgi_app = "serving.gateway.app:create_app()"
+bind = [f"[{_cfg.host}]:{_cfg.port}" if ":" in _cfg.host else f"{_cfg.host}:{_cfg.port}"]
+workers = _cfg.workers
+worker_class = "gthread"
+threads = _cfg.threads
+timeout = _cfg.worker_timeout_seconds
+graceful_timeout = _cfg.graceful_timeout_seconds
+keepalive = _cfg.keepalive_seconds
+preload_app = False
+errorlog = "-"
+loglevel = _cfg.log_level.lower()
+accesslog = "-" if _cfg.access_log else None
+access_log_format = '%(h)s "%(r)s" %(s)s %(b)s %(M)sms rid=%({x-request-id}o)s'
+# Heartbeat files on tmpfs: a slow or read-only /tmp must not make workers look dead.
+worker_tmp_dir = "/dev/shm" if os.path.isdir("/dev/shm") else None
+proc_name = "convserve-gateway"
+# Request line/header limits (defaults are fine); the body limit is the app's GATEWAY_MAX_BODY_BYTES.
+
+
+def prepare_metrics_dir() -> str:
+    """Set ``PROMETHEUS_MULTIPROC_DIR`` up: a fresh temp dir, or the given one emptied."""
+    path = os.environ.get(MULTIPROC_ENV)
+    if not path:
+        path = tempfile.mkdtemp(prefix="convserve-gateway-metrics-")
+        os.environ[MULTIPROC_ENV] = path
+        os.environ[_OWNED_ENV] = path
+    os.makedirs(path, exist_ok=True)
+    for name in os.listdir(path):
+        if name.endswith(".db"):
+            os.remove(os.path.join(path, name))
+    return path
+
+
+def remove_metrics_dir() -> None:
+    """Delete the metrics directory if `prepare_metrics_dir` created it."""
+    owned = os.environ.get(_OWNED_ENV)
+    if owned and owned == os.environ.get(MULTIPROC_ENV):
+        shutil.rmtree(owned, ignore_errors=True)
+
+
+def on_starting(server: Any) -> None:
+    """Master start-up, before any worker exists."""
+    path = prepare_metrics_dir()
+    server.log.info("metrics: multiprocess dir %s", path)
+
+
+def child_exit(server: Any, worker: Any) -> None:
+    """A worker exited: drop its live gauges (in-flight requests, model info)."""
+    from prometheus_client import multiprocess
+
+    multiprocess.mark_process_dead(worker.pid)
+
+
+def on_exit(server: Any) -> None:
+    """Master shutdown."""
+    remove_metrics_dir()
