@@ -37,7 +37,16 @@ import zlib
 from collections.abc import Sequence
 
 import numpy as np
-from PIL import Image, ImageFilter, ImageOps
+from PIL import (
+    BmpImagePlugin,
+    GifImagePlugin,
+    Image,
+    ImageFilter,
+    ImageOps,
+    JpegImagePlugin,
+    PngImagePlugin,
+    WebPImagePlugin,
+)
 
 from serving.labels import IMAGE_SIZE
 
@@ -70,6 +79,8 @@ _SHARPEN = ImageFilter.UnsharpMask(radius=1, percent=100, threshold=0)
 _DRAFT_SIZE = (8 * IMAGE_SIZE, 8 * IMAGE_SIZE)
 _EXIF_ORIENTATION = 0x0112
 # Exceptions Pillow's decoders raise on corrupt or truncated data.
+# Importing the five plugins registers them in Image.OPEN (what Image.open would do lazily).
+_PLUGINS = (BmpImagePlugin, GifImagePlugin, JpegImagePlugin, PngImagePlugin, WebPImagePlugin)
 _DECODE_ERRORS = (
     OSError,
     ValueError,
@@ -104,23 +115,33 @@ def _too_large(width: int, height: int, max_pixels: int) -> ImageTooLarge:
     )
 
 
+def _identify(data: bytes) -> Image.Image:
+    """Parse the header with the first supported format plugin that accepts the data.
+
+    This is what ``Image.open(..., formats=SUPPORTED_FORMATS)`` does, minus its decompression
+    bomb check, which would reject huge images with Pillow's own wording before ours could
+    state the size; :func:`_open` applies our limit (lower than Pillow's) right after.
+    """
+    prefix = data[:16]
+    for fmt in SUPPORTED_FORMATS:
+        factory, accept = Image.OPEN[fmt]
+        accepted = accept(prefix) if accept else True
+        if not accepted or isinstance(accepted, str):
+            continue
+        try:
+            return factory(io.BytesIO(data), "")
+        except _DECODE_ERRORS:
+            continue
+    raise InvalidImage(f"not a supported image ({_FORMATS_TEXT}): cannot identify image data")
+
+
 def _open(data: bytes, max_pixels: int) -> Image.Image:
     """Identify the image and check its declared size; no pixel data is decoded here."""
     if not isinstance(data, (bytes, bytearray, memoryview)):
         raise InvalidImage(f"expected image bytes, got {type(data).__name__}")
     if len(data) == 0:
         raise InvalidImage(f"not a supported image ({_FORMATS_TEXT}): empty body")
-    try:
-        with warnings.catch_warnings():
-            # Our own limit is checked right below; Pillow's warning would only be noise.
-            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            img = Image.open(io.BytesIO(data), formats=SUPPORTED_FORMATS)
-    except Image.DecompressionBombError as exc:
-        raise ImageTooLarge(f"image rejected as a decompression bomb: {exc}") from None
-    except _DECODE_ERRORS:
-        raise InvalidImage(
-            f"not a supported image ({_FORMATS_TEXT}): cannot identify image data"
-        ) from None
+    img = _identify(bytes(data) if not isinstance(data, bytes) else data)
     width, height = img.size
     if width <= 0 or height <= 0:
         raise InvalidImage(f"image has an empty size {width}x{height}")
@@ -232,8 +253,10 @@ def array_to_input(arr: object) -> np.ndarray:
     """
     try:
         a = np.asarray(arr)
-    except (ValueError, TypeError) as exc:
-        raise InvalidImage(f"not a pixel array: {exc}") from None
+    except (ValueError, TypeError):
+        raise InvalidImage(
+            "pixel array must be a rectangular 28x28 grid of numbers 0-255"
+        ) from None
     if a.dtype == np.bool_ or not (
         np.issubdtype(a.dtype, np.integer) or np.issubdtype(a.dtype, np.floating)
     ):

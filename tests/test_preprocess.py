@@ -1,0 +1,316 @@
+"""serving.preprocess: formats, orientation, alpha, negation, passthrough, guards, dataset round trip."""
+
+from __future__ import annotations
+
+import io
+import struct
+import zlib
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image, ImageDraw, ImageFile
+
+from serving.preprocess import (
+    MAX_PIXELS,
+    ImageTooLarge,
+    InvalidImage,
+    PreprocessError,
+    array_to_input,
+    decode_image,
+    to_batch,
+)
+
+IMAGES = Path(__file__).resolve().parent / "support" / "images"
+NOT_AN_IMAGE = "not a supported image (PNG, JPEG, WebP, GIF, BMP): cannot identify image data"
+
+
+def encode(img: Image.Image, fmt: str, **params) -> bytes:
+    buf = io.BytesIO()
+    img.save(buf, format=fmt, **params)
+    return buf.getvalue()
+
+
+def draw_shape(size=(240, 180), fg=(25, 25, 25), bg=(250, 250, 250), mode="RGB") -> Image.Image:
+    """An asymmetric 'L'-shaped object (so rotations and flips are detectable)."""
+    img = Image.new(mode, size, bg)
+    d = ImageDraw.Draw(img)
+    w, h = size
+    d.rectangle((w * 0.3, h * 0.15, w * 0.45, h * 0.85), fill=fg)  # vertical bar
+    d.rectangle((w * 0.3, h * 0.7, w * 0.75, h * 0.85), fill=fg)  # foot to the right
+    return img
+
+
+@pytest.fixture(scope="module")
+def reference() -> np.ndarray:
+    """The shape drawn dark on light, as lossless PNG, preprocessed."""
+    return decode_image(encode(draw_shape(), "PNG"))
+
+
+def assert_model_input(x: np.ndarray) -> None:
+    assert x.shape == (28, 28, 1)
+    assert x.dtype == np.float32
+    assert float(x.min()) >= 0.0 and float(x.max()) <= 1.0
+
+
+def mean_abs_diff(a: np.ndarray, b: np.ndarray) -> float:
+    return float(np.abs(a.astype(np.float64) - b.astype(np.float64)).mean())
+
+
+def test_reference_is_light_object_on_black(reference):
+    assert_model_input(reference)
+    # background → exactly 0 at the corners, object bright
+    assert reference[0, 0, 0] == 0.0 and reference[-1, -1, 0] == 0.0
+    assert reference.max() == 1.0
+    # the object fills the longest edge (trim + resize longest edge to 28)
+    rows = np.flatnonzero(reference[..., 0].max(axis=1) > 0.2)
+    cols = np.flatnonzero(reference[..., 0].max(axis=0) > 0.2)
+    assert max(rows[-1] - rows[0], cols[-1] - cols[0]) + 1 >= 27
+
+
+@pytest.mark.parametrize(
+    ("fmt", "params", "tolerance"),
+    [
+        ("PNG", {}, 0.0),
+        ("BMP", {}, 0.0),
+        ("GIF", {}, 0.01),
+        ("WEBP", {"lossless": True}, 0.0),
+        ("WEBP", {"quality": 80}, 0.03),
+        ("JPEG", {"quality": 90}, 0.03),
+    ],
+)
+def test_each_format_gives_the_same_tensor(reference, fmt, params, tolerance):
+    x = decode_image(encode(draw_shape(), fmt, **params))
+    assert_model_input(x)
+    assert mean_abs_diff(x, reference) <= tolerance
+
+
+def test_palette_png(reference):
+    img = draw_shape().convert("P", palette=Image.Palette.ADAPTIVE, colors=16)
+    assert img.mode == "P"
+    x = decode_image(encode(img, "PNG"))
+    assert_model_input(x)
+    assert mean_abs_diff(x, reference) <= 0.01
+
+
+def test_rgba_alpha_is_flattened_onto_white(reference):
+    # Transparent background, opaque dark object: same as the object on a white page.
+    img = draw_shape(fg=(25, 25, 25, 255), bg=(0, 0, 0, 0), mode="RGBA")
+    x = decode_image(encode(img, "PNG"))
+    assert_model_input(x)
+    assert mean_abs_diff(x, reference) <= 0.01
+    # Without flattening, the transparent pixels (black RGB) would be taken as a dark background
+    # and the object would vanish.
+    assert x.max() == 1.0
+
+
+def test_exif_orientation_is_applied(reference):
+    upright = draw_shape()
+    stored = upright.transpose(Image.Transpose.ROTATE_90)  # the camera stored it sideways
+    exif = Image.Exif()
+    exif[0x0112] = 6  # "rotate 90° clockwise to display"
+    x = decode_image(encode(stored, "JPEG", quality=95, exif=exif.tobytes()))
+    assert mean_abs_diff(x, reference) <= 0.03
+    # the same bytes without the tag decode to a visibly different (rotated) tensor
+    sideways = decode_image(encode(stored, "JPEG", quality=95))
+    assert mean_abs_diff(sideways, reference) > 0.1
+
+
+def test_negation_only_for_light_backgrounds(reference):
+    light_on_dark = draw_shape(fg=(230, 230, 230), bg=(5, 5, 5))
+    x = decode_image(encode(light_on_dark, "PNG"))
+    assert x[0, 0, 0] == 0.0
+    assert mean_abs_diff(x, reference) <= 0.02
+    # Inverting the light-on-dark input would give a dark object on white: far from the reference.
+    assert mean_abs_diff(1.0 - x, reference) > 0.5
+
+
+def test_grey_background_maps_to_zero():
+    x = decode_image(encode(draw_shape(fg=(20, 20, 20), bg=(200, 200, 200)), "PNG"))
+    assert x[0, 0, 0] == 0.0 and x[-1, 0, 0] == 0.0
+    assert x.max() == 1.0
+
+
+def test_padding_is_trimmed(reference):
+    small = draw_shape(size=(120, 90))
+    padded = Image.new("RGB", (600, 500), (250, 250, 250))
+    padded.paste(small, (37, 311))
+    x = decode_image(encode(padded, "PNG"))
+    assert mean_abs_diff(x, reference) <= 0.03
+
+
+def test_blank_image_gives_zeros():
+    x = decode_image(encode(Image.new("RGB", (64, 64), "white"), "PNG"))
+    assert_model_input(x)
+    assert not x.any()
+
+
+def test_28x28_grayscale_passes_through_unchanged():
+    pixels = np.random.default_rng(7).integers(0, 256, size=(28, 28), dtype=np.uint8)
+    pixels[0, 0] = 255  # a light corner must not trigger negation for dataset-form input
+    x = decode_image(encode(Image.fromarray(pixels, mode="L"), "PNG"))
+    np.testing.assert_array_equal(x[..., 0], pixels.astype(np.float32) / 255)
+
+
+def test_dataset_image_png_round_trip(dataset):
+    images = dataset.x_test[:50]
+    for pixels in images:
+        x = decode_image(encode(Image.fromarray(pixels, mode="L"), "PNG"))
+        np.testing.assert_array_equal(x[..., 0], pixels.astype(np.float32) / 255)
+    batch = to_batch([array_to_input(p) for p in images])
+    np.testing.assert_array_equal(batch, images[..., None].astype(np.float32) / 255)
+
+
+def test_reference_images_decode():
+    names = sorted(p.name for p in IMAGES.glob("*.png"))
+    assert "ankle_boot.png" in names
+    for name in names:
+        x = decode_image((IMAGES / name).read_bytes())
+        assert_model_input(x)
+        assert x[0, 0, 0] == 0.0 and x.max() > 0.95
+
+
+def test_reference_images_are_reproducible(tmp_path):
+    from tests.support import make_images
+
+    assert make_images.main(["--out", str(tmp_path)]) == 0
+    for path in tmp_path.glob("*.png"):
+        assert path.read_bytes() == (IMAGES / path.name).read_bytes(), path.name
+
+
+# --- bad input ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("data", "message"),
+    [
+        (b"", "not a supported image (PNG, JPEG, WebP, GIF, BMP): empty body"),
+        (b"hello, world", NOT_AN_IMAGE),
+        (b"\x89PNG\r\n\x1a\n" + b"\0" * 40, NOT_AN_IMAGE),
+        (b"%PDF-1.4\n", NOT_AN_IMAGE),
+    ],
+)
+def test_bad_bytes_are_invalid_image(data, message):
+    with pytest.raises(InvalidImage) as info:
+        decode_image(data)
+    assert str(info.value) == message
+    assert isinstance(info.value, PreprocessError) and isinstance(info.value, ValueError)
+
+
+def test_unsupported_format_is_invalid_image():
+    with pytest.raises(InvalidImage, match=r"^not a supported image"):
+        decode_image(encode(draw_shape(), "TIFF"))
+
+
+def test_truncated_png_is_invalid_image():
+    data = encode(draw_shape(), "PNG")
+    with pytest.raises(InvalidImage) as info:
+        decode_image(data[: len(data) // 2])
+    assert str(info.value).startswith("cannot decode PNG image data: ")
+
+
+def test_not_bytes_is_invalid_image():
+    with pytest.raises(InvalidImage, match="expected image bytes, got str"):
+        decode_image("a string")  # type: ignore[arg-type]
+
+
+def png_header_only(width: int, height: int) -> bytes:
+    """A ~60-byte PNG whose header declares width x height grayscale pixels."""
+
+    def chunk(kind: bytes, payload: bytes) -> bytes:
+        crc = zlib.crc32(kind + payload)
+        return struct.pack(">I", len(payload)) + kind + payload + struct.pack(">I", crc)
+
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + chunk(b"IHDR", ihdr)
+        + chunk(b"IDAT", zlib.compress(b"\0" * 64))
+        + chunk(b"IEND", b"")
+    )
+
+
+def gif_header_only(width: int, height: int) -> bytes:
+    """A ~40-byte GIF with one frame declaring width x height pixels (data: 1 pixel)."""
+    screen = struct.pack("<HHBBB", width, height, 0x80, 0, 0) + b"\x00\x00\x00\xff\xff\xff"
+    frame = b"," + struct.pack("<HHHHB", 0, 0, width, height, 0) + b"\x02\x02\x44\x01\x00"
+    return b"GIF89a" + screen + frame + b";"
+
+
+@pytest.fixture
+def no_decoding(monkeypatch):
+    """Fail the test if any pixel data gets decoded."""
+
+    def refuse(self, *args, **kwargs):
+        raise AssertionError("pixel data was decoded")
+
+    monkeypatch.setattr(Image.Image, "load", refuse)
+    monkeypatch.setattr(ImageFile.ImageFile, "load", refuse)
+
+
+@pytest.mark.parametrize("make", [png_header_only, gif_header_only])
+def test_huge_dimensions_rejected_from_the_header(make, no_decoding):
+    data = make(30000, 30000)
+    assert len(data) < 200
+    with pytest.raises(ImageTooLarge) as info:
+        decode_image(data)
+    assert str(info.value) == (
+        f"image is 30000x30000 = 900000000 pixels, more than the limit of {MAX_PIXELS} pixels"
+    )
+
+
+def test_pixel_limit_is_a_parameter():
+    data = encode(draw_shape(size=(100, 80)), "PNG")
+    with pytest.raises(ImageTooLarge) as info:
+        decode_image(data, max_pixels=7999)
+    assert str(info.value) == "image is 100x80 = 8000 pixels, more than the limit of 7999 pixels"
+    assert_model_input(decode_image(data, max_pixels=8000))
+
+
+# --- arrays and batches -------------------------------------------------------------------
+
+
+def test_array_to_input_scales_values():
+    arr = np.arange(784).reshape(28, 28) % 256
+    x = array_to_input(arr)
+    assert_model_input(x)
+    np.testing.assert_array_equal(x[..., 0], arr.astype(np.float32) / 255)
+    np.testing.assert_array_equal(array_to_input(arr.tolist()), x)
+    np.testing.assert_array_equal(array_to_input(arr[..., None].astype(np.float64)), x)
+
+
+@pytest.mark.parametrize(
+    ("value", "message"),
+    [
+        (np.zeros((28, 27)), "pixel array must have shape [28, 28], got [28, 27]"),
+        (np.zeros((1, 28, 28)), "pixel array must have shape [28, 28], got [1, 28, 28]"),
+        (np.full((28, 28), 256), "pixel values must be within 0-255, got 256..256"),
+        (np.full((28, 28), -1.5), "pixel values must be within 0-255, got -1.5..-1.5"),
+        (np.full((28, 28), np.nan), "pixel array contains NaN or infinite values"),
+        (
+            [[0] * 28] * 27 + [[0] * 27],
+            "pixel array must be a rectangular 28x28 grid of numbers 0-255",
+        ),
+        ([["a"] * 28] * 28, "pixel array must hold numbers 0-255, got 'U' values"),
+        (np.zeros((28, 28), dtype=bool), "pixel array must hold numbers 0-255, got 'b' values"),
+    ],
+)
+def test_bad_arrays_are_invalid_image(value, message):
+    with pytest.raises(InvalidImage) as info:
+        array_to_input(value)
+    assert str(info.value) == message
+
+
+def test_to_batch_stacks_in_order():
+    items = [array_to_input(np.full((28, 28), v)) for v in (0, 51, 255)]
+    batch = to_batch(items)
+    assert batch.shape == (3, 28, 28, 1) and batch.dtype == np.float32
+    assert batch.flags.c_contiguous
+    assert [batch[i].max() for i in range(3)] == [0.0, np.float32(51) / 255, 1.0]
+
+
+def test_to_batch_rejects_empty_and_wrong_shapes():
+    with pytest.raises(InvalidImage, match="no images given"):
+        to_batch([])
+    with pytest.raises(InvalidImage, match=r"item 1 has shape \(28, 28\)"):
+        to_batch([np.zeros((28, 28, 1), np.float32), np.zeros((28, 28), np.float32)])
