@@ -24,6 +24,7 @@ import numpy as np
 import tensorflow as tf
 
 from serving.labels import CLASS_NAMES, IMAGE_SIZE, MODEL_NAME
+from training.errors import ExportError
 
 log = logging.getLogger(__name__)
 
@@ -33,9 +34,7 @@ OUTPUT_NAMES = ("probabilities", "class_ids", "class_names")
 WARMUP_FILE = Path("assets.extra") / "tf_serving_warmup_requests"
 WARMUP_BATCH_SIZES = (1, 8, 32, 64)
 
-
-class ExportError(Exception):
-    """The export cannot be written (e.g. the version exists and overwrite is off)."""
+__all__ = ["ExportError", "export_model", "list_versions", "next_version", "write_warmup_records"]
 
 
 def list_versions(export_dir: str | Path) -> list[int]:

@@ -233,8 +233,10 @@ class _Progress(keras.callbacks.Callback):
         super().__init__()
         self.steps, self.epochs, self.enabled = steps, epochs, enabled
         self.bar: tqdm | None = None
+        self._start = time.perf_counter()
 
     def on_epoch_begin(self, epoch: int, logs: dict | None = None) -> None:
+        self._start = time.perf_counter()
         self.bar = tqdm(
             total=self.steps, desc=f"epoch {epoch + 1}/{self.epochs}", unit="batch",
             disable=not self.enabled, leave=True, dynamic_ncols=True,
@@ -247,14 +249,19 @@ class _Progress(keras.callbacks.Callback):
                 self.bar.set_postfix(loss=f"{logs['loss']:.4f}", acc=f"{logs['accuracy']:.4f}")
 
     def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
+        logs = logs or {}
         if self.bar is not None:
-            logs = logs or {}
             post = {"loss": f"{logs.get('loss', 0):.4f}", "acc": f"{logs.get('accuracy', 0):.4f}"}
             if "val_accuracy" in logs:
                 post["val_acc"] = f"{logs['val_accuracy']:.4f}"
             self.bar.set_postfix(post)
             self.bar.close()
             self.bar = None
+        log.info(
+            "epoch %d/%d: %s (%.1f s)", epoch + 1, self.epochs,
+            ", ".join(f"{k} {v:.4f}" for k, v in sorted(logs.items()) if k != "learning_rate"),
+            time.perf_counter() - self._start,
+        )  # fmt: skip
 
 
 def train(dataset: Dataset, recipe: Recipe | None = None, *, progress: bool = True) -> TrainResult:

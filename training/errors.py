@@ -1,0 +1,8 @@
+"""Exceptions of the training package that the CLI turns into one-paragraph messages.
+
+Kept free of TensorFlow imports so the CLI can report bad input without loading TensorFlow.
+"""
+
+
+class ExportError(Exception):
+    """The export cannot be written (e.g. the version exists and overwrite is off)."""
