@@ -18,6 +18,7 @@ preloaded): gRPC channels and TensorFlow runtimes must not cross a fork.
 from __future__ import annotations
 
 import logging
+import time
 from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
@@ -117,6 +118,8 @@ class EmbeddedBackend:
             batch_timeout_s=config.batch_timeout_ms / 1000.0,
             name=f"embedded-{config.model_name}",
         )
+        self._seen_available = False
+        self._created = time.monotonic()
         self.manager.start()
 
     def _run_batch(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -139,8 +142,11 @@ class EmbeddedBackend:
             ModelNotFound,
         )
 
+        timeout = self.config.timeout_seconds
+        if not self._seen_available:
+            timeout = self._wait_first_load(timeout)
         try:
-            probs, versions = self.batcher.submit(batch, timeout=self.config.timeout_seconds)
+            probs, versions = self.batcher.submit(batch, timeout=timeout)
         except TimeoutError:
             raise BackendTimeout(
                 f"model did not answer within {self.config.timeout_seconds:g}s"
@@ -152,6 +158,28 @@ class EmbeddedBackend:
         except (QueueFullError, BatcherClosed) as exc:
             raise BackendUnavailable(str(exc)) from exc
         return PredictResult(probabilities=probs, model_version=int(versions[0]))
+
+    def _wait_first_load(self, timeout: float) -> float:
+        """Before the first version is AVAILABLE: wait for it (within ``timeout``) while one is
+        loading; return the time left. Each gunicorn worker loads its own copy, so a request
+        must not fail just because it reached the worker that is still loading."""
+        from serving.tfserving.errors import ModelNotFound
+
+        started = time.monotonic()
+        deadline = started + timeout
+        states: set[str] = set()
+        while time.monotonic() < deadline:
+            states = {s.state for s in self.status()}
+            if "AVAILABLE" in states:
+                self._seen_available = True
+                return max(0.001, deadline - time.monotonic())
+            if "LOADING" not in states and time.monotonic() - self._created > 1.0:
+                break  # nothing on its way: answer now instead of at the deadline
+            time.sleep(0.05)
+        raise ModelNotFound(
+            f"model {self.config.model_name} has no AVAILABLE version under "
+            f"{self.config.backend_target} (states: {sorted(states) or 'none'})"
+        )
 
     def status(self) -> list[Any]:
         """The manager's per-version states (newest first); empty before the first poll."""

@@ -158,6 +158,8 @@ def register(app: Flask) -> None:
         g.api_error = err
         if err.status == 500:
             log.error("unhandled error: %s", exc, exc_info=exc)
+        elif err.code == "not_ready":  # readiness probes: expected while loading
+            log.debug("not ready: %s", err.message)
         elif err.status >= 502:
             log.warning("backend error (%s): %s", err.code, err.message)
         return error_response(err, getattr(g, "request_id", None))

@@ -49,6 +49,9 @@ access_log_format = '%(h)s "%(r)s" %(s)s %(b)s %(M)sms rid=%({x-request-id}o)s'
 # Heartbeat files on tmpfs: a slow or read-only /tmp must not make workers look dead.
 worker_tmp_dir = "/dev/shm" if os.path.isdir("/dev/shm") else None
 proc_name = "convserve-gateway"
+# gunicorn 23+'s runtime control socket is not used; several gateways on one host (tests) and
+# read-only root filesystems (k8s) would trip over its fixed default path.
+control_socket_disable = True
 # Request line/header limits (defaults are fine); the body limit is the app's GATEWAY_MAX_BODY_BYTES.
 
 

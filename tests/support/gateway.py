@@ -44,8 +44,8 @@ ROOT = Path(__file__).resolve().parents[2]
 class FakeBackend:
     """A backend whose answers are a deterministic function of the input (or a scripted error).
 
-    Probabilities: softmax of ``[mean pixel * 10 + k for k in 0..9]``-like values, so different
-    inputs give different, reproducible answers; ``expected(batch)`` gives what ``predict``
+    Probabilities: a softmax whose winner and spread depend on the mean pixel value, so
+    different inputs give different, reproducible answers; ``expected(batch)`` gives what ``predict``
     returns. Set ``error`` to an exception to raise it from ``predict`` and ``status``;
     ``states`` is what ``status`` reports. Calls are recorded in ``calls`` (batch shapes).
     """
@@ -66,7 +66,8 @@ class FakeBackend:
         means = batch.reshape(len(batch), -1).mean(axis=1, dtype=np.float64)
         # class (int(mean * 100) % 10) gets the largest logit
         winner = (means * 100).astype(np.int64) % NUM_CLASSES
-        logits = np.tile(np.linspace(0.0, 1.0, NUM_CLASSES), (len(batch), 1))
+        # the other logits scale with the mean too, so different inputs never tie exactly
+        logits = np.linspace(0.0, 1.0, NUM_CLASSES)[None, :] * (1.0 + means[:, None])
         logits[np.arange(len(batch)), winner] = 3.0
         e = np.exp(logits)
         return (e / e.sum(axis=1, keepdims=True)).astype(np.float32)
