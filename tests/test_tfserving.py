@@ -4,13 +4,9 @@ model server are in tests/test_tfserving_e2e.py."""
 
 from __future__ import annotations
 
-import json
 import subprocess
 import sys
-import threading
 import time
-from concurrent import futures
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import grpc
@@ -27,12 +23,11 @@ from serving.tfserving import (
     PredictResult,
     RestClient,
     VersionStatus,
-    _protos,
 )
+from tests.support.fake_tfserving import fake_grpc_server, fake_probabilities, fake_rest_server, pb
 from tests.support.net import free_port
 
 ROOT = Path(__file__).resolve().parents[1]
-pb = _protos.load()
 
 
 def batch_of(n: int) -> np.ndarray:
@@ -40,84 +35,10 @@ def batch_of(n: int) -> np.ndarray:
     return rng.integers(0, 256, size=(n, 28, 28, 1)).astype(np.float32) / 255
 
 
-def fake_probabilities(batch: np.ndarray) -> np.ndarray:
-    """Deterministic [N, 10] 'probabilities' derived from the input, to check round trips."""
-    means = batch.reshape(len(batch), -1).mean(axis=1)
-    return np.stack([means + k for k in range(10)], axis=1).astype(np.float32)
-
-
-# --- gRPC ---------------------------------------------------------------------------------
-
-
-class FakeTFServing(
-    pb.prediction_service_pb2_grpc.PredictionServiceServicer,
-    pb.model_service_pb2_grpc.ModelServiceServicer,
-):
-    """Scriptable Predict/GetModelStatus: ``fail`` is a list of status codes to answer first."""
-
-    def __init__(self) -> None:
-        self.fail: list[grpc.StatusCode] = []
-        self.delay = 0.0
-        self.requests: list = []
-        self.use_float_val = False
-        self.version = 7
-
-    def _maybe_fail(self, context) -> None:
-        if self.fail:
-            code = self.fail.pop(0)
-            context.abort(code, f"scripted {code.name}")
-        if self.delay:
-            time.sleep(self.delay)
-
-    def Predict(self, request, context):
-        self.requests.append(request)
-        self._maybe_fail(context)
-        tensor = request.inputs["images"]
-        shape = [d.size for d in tensor.tensor_shape.dim]
-        batch = np.frombuffer(tensor.tensor_content, dtype="<f4").reshape(shape)
-        probs = fake_probabilities(batch)
-        response = pb.predict_pb2.PredictResponse()
-        response.model_spec.name = request.model_spec.name
-        response.model_spec.version.value = self.version
-        response.model_spec.signature_name = request.model_spec.signature_name
-        out = response.outputs["probabilities"]
-        out.dtype = pb.types_pb2.DT_FLOAT
-        out.tensor_shape.dim.add(size=probs.shape[0])
-        out.tensor_shape.dim.add(size=probs.shape[1])
-        if self.use_float_val:
-            out.float_val.extend(probs.ravel().tolist())
-        else:
-            out.tensor_content = probs.tobytes()
-        return response
-
-    def GetModelStatus(self, request, context):
-        self.requests.append(request)
-        self._maybe_fail(context)
-        response = pb.get_model_status_pb2.GetModelStatusResponse()
-        for version, state, code, message in [
-            (3, "END", 0, ""),
-            (9, "LOADING", 0, ""),
-            (7, "AVAILABLE", 0, ""),
-            (8, "END", 3, "Could not load: bad file"),
-        ]:
-            status = response.model_version_status.add()
-            status.version = version
-            status.state = type(status).State.Value(state)
-            status.status.error_code = code
-            status.status.error_message = message
-        return response
-
-
 @pytest.fixture(scope="module")
 def grpc_server():
-    servicer = FakeTFServing()
-    server = grpc.server(futures.ThreadPoolExecutor(max_workers=4))
-    pb.prediction_service_pb2_grpc.add_PredictionServiceServicer_to_server(servicer, server)
-    pb.model_service_pb2_grpc.add_ModelServiceServicer_to_server(servicer, server)
-    port = server.add_insecure_port("127.0.0.1:0")
-    server.start()
-    yield servicer, f"127.0.0.1:{port}"
-    server.stop(None)
+    with fake_grpc_server() as server:
+        yield server
 
 
 @pytest.fixture
@@ -286,81 +207,10 @@ def test_tensorflow_still_imports_after_the_protos(tmp_path):
 # --- REST ---------------------------------------------------------------------------------
 
 
-class FakeRest:
-    """Behaviour of the in-test REST server; ``script`` is a list of (status, body) to answer first."""
-
-    def __init__(self) -> None:
-        self.script: list[tuple[int, object]] = []
-        self.delay = 0.0
-        self.calls: list[tuple[str, str, object]] = []
-        self.versions = [(1, "AVAILABLE"), (2, "AVAILABLE"), (3, "LOADING")]
-        self.row_format = False
-
-
-def make_handler(state: FakeRest):
-    class Handler(BaseHTTPRequestHandler):
-        protocol_version = "HTTP/1.1"
-
-        def log_message(self, *args):  # keep test output clean
-            pass
-
-        def _send(self, status: int, body: object) -> None:
-            data = body if isinstance(body, bytes) else json.dumps(body).encode()
-            self.send_response(status)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(data)))
-            self.end_headers()
-            self.wfile.write(data)
-
-        def _scripted(self) -> bool:
-            if state.delay:
-                time.sleep(state.delay)
-            if state.script:
-                self._send(*state.script.pop(0))
-                return True
-            return False
-
-        def do_GET(self):
-            state.calls.append(("GET", self.path, None))
-            if self._scripted():
-                return
-            self._send(
-                200,
-                {
-                    "model_version_status": [
-                        {
-                            "version": str(v),
-                            "state": s,
-                            "status": {"error_code": "OK", "error_message": ""},
-                        }
-                        for v, s in state.versions
-                    ]
-                },
-            )
-
-        def do_POST(self):
-            body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-            state.calls.append(("POST", self.path, body))
-            if self._scripted():
-                return
-            probs = fake_probabilities(np.asarray(body["inputs"]["images"], np.float32))
-            if state.row_format:
-                self._send(200, {"predictions": [{"probabilities": p} for p in probs.tolist()]})
-            else:
-                self._send(200, {"outputs": {"probabilities": probs.tolist()}})
-
-    return Handler
-
-
 @pytest.fixture(scope="module")
 def rest_server():
-    state = FakeRest()
-    server = ThreadingHTTPServer(("127.0.0.1", 0), make_handler(state))
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield state, f"http://127.0.0.1:{server.server_address[1]}"
-    server.shutdown()
-    server.server_close()
+    with fake_rest_server() as server:
+        yield server
 
 
 @pytest.fixture
