@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import json
+import os
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -79,3 +82,145 @@ def test_warmup_records_parse_as_prediction_logs(exported_model: Path) -> None:
         assert arr.min() >= 0.0 and arr.max() <= 1.0
         sizes.append(arr.shape[0])
     assert sizes == [1, 8, 32, 64]
+
+
+def test_exported_model_has_exactly_the_lessons_parameters(signature) -> None:
+    loaded, _ = signature
+    shapes = sorted(tuple(v.shape) for v in loaded.variables)
+    assert shapes == sorted(
+        [(3, 3, 1, 64), (64,), (3, 3, 64, 64), (64,), (1600, 128), (128,), (128, 10), (10,)]
+    )
+    assert sum(int(np.prod(s)) for s in shapes) == 243_786
+
+
+def test_metrics_json_beside_the_export(exported_model: Path, dataset) -> None:
+    from training.evaluate import evaluate_export
+
+    version_dir = exported_model / "1"
+    metrics = json.loads((version_dir / "metrics.json").read_text())
+    assert metrics["model_name"] == MODEL_NAME and metrics["version"] == 1
+    assert metrics["num_test_images"] == 10000
+    assert metrics["labels"] == list(CLASS_NAMES)
+    cm = np.array(metrics["confusion_matrix"])
+    assert cm.shape == (10, 10) and cm.sum() == 10000
+    assert cm.sum(axis=1).tolist() == [1000] * 10
+    assert metrics["test_accuracy"] == pytest.approx(np.trace(cm) / 10000)
+    for c, row in enumerate(metrics["per_class"]):
+        assert (row["class_id"], row["label"], row["support"]) == (c, CLASS_NAMES[c], 1000)
+        assert row["accuracy"] == pytest.approx(cm[c, c] / 1000)
+        assert row["recall"] == row["accuracy"]
+        assert row["precision"] == pytest.approx(
+            cm[c, c] / cm[:, c].sum() if cm[:, c].sum() else 0.0
+        )
+    assert metrics["recipe"]["max_train_samples"] == 3000
+    assert metrics["training"]["epochs_run"] == 1
+    # The report describes the exported artefact: re-evaluating it gives the same numbers.
+    again = evaluate_export(exported_model, dataset)
+    assert again["confusion_matrix"] == metrics["confusion_matrix"]
+    assert again["model_path"] == str(version_dir)
+
+
+def test_report_plots_beside_the_export(exported_model: Path) -> None:
+    from PIL import Image
+
+    with Image.open(exported_model / "1" / "confusion_matrix.png") as img:
+        assert (img.format, img.size) == ("PNG", (800, 700))
+    with Image.open(exported_model / "1" / "training_curves.png") as img:
+        assert (img.format, img.size) == ("PNG", (1000, 400))
+
+
+@pytest.fixture
+def base_copy(exported_model: Path, tmp_path: Path) -> Path:
+    dest = tmp_path / "fashion_mnist"
+    shutil.copytree(exported_model, dest)
+    return dest
+
+
+@pytest.fixture(scope="module")
+def small_model():
+    from training.model import build_model
+
+    return build_model(seed=3)
+
+
+def _entries(base: Path) -> list[str]:
+    return sorted(p.name for p in base.iterdir())
+
+
+def test_second_export_becomes_version_2(base_copy: Path, small_model) -> None:
+    from training.export import export_model, list_versions
+
+    path = export_model(small_model, base_copy)
+    assert path == base_copy / "2"
+    assert (path / "saved_model.pb").is_file()
+    assert (path / "assets.extra" / "tf_serving_warmup_requests").is_file()
+    assert list_versions(base_copy) == [1, 2]
+    assert _entries(base_copy) == ["1", "2"]  # no temporary folder left behind
+
+
+def test_export_is_staged_under_a_non_integer_name(tmp_path: Path, small_model) -> None:
+    from training.export import export_model
+
+    base = tmp_path / "m"
+    seen: dict[str, object] = {}
+
+    def probe(tmp: Path, version: int) -> None:
+        seen["tmp_name"] = tmp.name
+        seen["final_exists_while_writing"] = (base / str(version)).exists()
+        seen["entries_while_writing"] = _entries(base)
+        seen["complete"] = (tmp / "saved_model.pb").is_file() and (tmp / "variables").is_dir()
+
+    export_model(small_model, base, 7, extras=probe)
+    assert seen["tmp_name"] == f".tmp-7-{os.getpid()}"
+    assert seen["final_exists_while_writing"] is False
+    assert seen["entries_while_writing"] == [f".tmp-7-{os.getpid()}"]
+    assert seen["complete"] is True
+    assert _entries(base) == ["7"]
+
+
+def test_failed_export_leaves_nothing(tmp_path: Path, small_model) -> None:
+    from training.export import export_model
+
+    def boom(tmp: Path, version: int) -> None:
+        raise RuntimeError("disk full")
+
+    with pytest.raises(RuntimeError, match="disk full"):
+        export_model(small_model, tmp_path, 1, extras=boom)
+    assert _entries(tmp_path) == []
+
+
+def test_existing_version_is_an_error_unless_overwrite(base_copy: Path, small_model) -> None:
+    from training.export import ExportError, export_model
+
+    before = (base_copy / "1" / "saved_model.pb").read_bytes()
+    with pytest.raises(ExportError) as err:
+        export_model(small_model, base_copy, 1)
+    assert str(err.value) == (
+        f"version 1 already exists in {base_copy}; pass --overwrite to replace it "
+        "or omit --version to export as version 2"
+    )
+    assert (base_copy / "1" / "saved_model.pb").read_bytes() == before
+    assert (base_copy / "1" / "metrics.json").is_file()
+
+    export_model(small_model, base_copy, 1, overwrite=True)
+    assert _entries(base_copy) == ["1"]
+    assert not (base_copy / "1" / "metrics.json").exists()  # a fresh version, nothing stale
+
+
+@pytest.mark.parametrize("bad", [0, -1, True, "2"])
+def test_invalid_version(tmp_path: Path, small_model, bad) -> None:
+    from training.export import ExportError, export_model
+
+    with pytest.raises(ExportError, match="version must be a positive integer"):
+        export_model(small_model, tmp_path, bad)
+    assert _entries(tmp_path) == []
+
+
+def test_next_version_ignores_non_integer_entries(tmp_path: Path) -> None:
+    from training.export import next_version
+
+    assert next_version(tmp_path / "missing") == 1
+    for name in ("3", "10", ".tmp-11-123", "abc", "2.5"):
+        (tmp_path / name).mkdir()
+    (tmp_path / "12").write_text("a file, not a version")
+    assert next_version(tmp_path) == 11

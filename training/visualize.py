@@ -51,17 +51,21 @@ def load_keras_model(export: str | Path):  # -> keras.Model
     """
     import tensorflow as tf
 
-    from training.evaluate import resolve_version_dir
+    from training.evaluate import ModelNotFoundError, resolve_version_dir
     from training.model import build_model
 
     loaded = tf.saved_model.load(str(resolve_version_dir(export)))
-    by_path = {v.name.split(":")[0].split("/", 1)[-1]: v for v in loaded.variables}
+
+    def key(name: str) -> str:  # "fashion_mnist_convnet/conv1/kernel:0" -> "conv1/kernel"
+        return "/".join(name.split(":")[0].split("/")[-2:])
+
+    by_key = {key(v.name): v for v in loaded.variables}
     model = build_model()
     for weight in model.weights:
-        source = by_path.get(weight.path)
+        source = by_key.get(key(weight.path))
         if source is None or tuple(source.shape) != tuple(weight.shape):
-            raise ValueError(
-                f"{export}: the SavedModel has no variable {weight.path} of shape "
+            raise ModelNotFoundError(
+                f"{export}: the SavedModel has no variable {key(weight.path)} of shape "
                 f"{tuple(weight.shape)}; is it an export of training.model.build_model()?"
             )
         weight.assign(source.numpy())
@@ -73,7 +77,7 @@ def feature_maps(model, images: np.ndarray) -> dict[str, np.ndarray]:
     import keras
 
     x = np.asarray(images, dtype=np.float32).reshape(-1, IMAGE_SIZE, IMAGE_SIZE, 1)
-    probe = keras.Model(model.inputs, [model.get_layer(n).output for n in FEATURE_LAYERS])
+    probe = keras.Model(model.inputs[0], [model.get_layer(n).output for n in FEATURE_LAYERS])
     return {n: np.asarray(a) for n, a in zip(FEATURE_LAYERS, probe(x, training=False), strict=True)}
 
 
