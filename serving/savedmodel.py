@@ -62,6 +62,12 @@ class ServableNotFound(ModelError, LookupError):
     code = "NOT_FOUND"
 
 
+class UnknownLabel(ModelError, LookupError):
+    """A version label that the config does not define (TF Serving: INVALID_ARGUMENT)."""
+
+    code = "INVALID_ARGUMENT"
+
+
 class LoadError(ModelError):
     """A version could not be loaded (missing/corrupt SavedModel, failing warmup)."""
 
@@ -531,7 +537,7 @@ class ModelManager:
         with self._lock:
             if label:
                 if label not in self.labels:
-                    raise ServableNotFound(f"Unrecognized servable version label: {label}")
+                    raise UnknownLabel(f"Unrecognized servable version label: {label}")
                 version = self.labels[label]
             available = [v for v, s in self._servables.items() if s.state == State.AVAILABLE]
             if version is None:
@@ -580,7 +586,7 @@ class ModelManager:
         with self._lock:
             if label:
                 if label not in self.labels:
-                    raise ServableNotFound(f"Unrecognized servable version label: {label}")
+                    raise UnknownLabel(f"Unrecognized servable version label: {label}")
                 version = self.labels[label]
             if version is not None:
                 servable = self._servables.get(version)

@@ -16,6 +16,7 @@ from serving.savedmodel import (
     LoadedModel,
     ModelManager,
     ServableNotFound,
+    UnknownLabel,
     VersionPolicy,
     VersionStatus,
     list_versions,
@@ -189,7 +190,7 @@ def test_policies_and_labels(tmp_path: Path, model_base: Path):
     assert manager.available_versions() == [2, 3]
     assert manager.resolve(label="stable") == 2
     assert manager.resolve(label="canary") == 3
-    with pytest.raises(ServableNotFound, match="Unrecognized servable version label: beta"):
+    with pytest.raises(UnknownLabel, match="Unrecognized servable version label: beta"):
         manager.resolve(label="beta")
     manager.update(policy=VersionPolicy.specific([1]))
     manager.poll()

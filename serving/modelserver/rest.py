@@ -1,0 +1,261 @@
+"""TF Serving's REST API on the stdlib's threaded HTTP server.
+
+Paths (case-insensitive, as TF Serving matches them)::
+
+    GET  /v1/models/NAME[/versions/N | /labels/L]            -> GetModelStatusResponse JSON
+    GET  /v1/models/NAME[/versions/N | /labels/L]/metadata   -> GetModelMetadataResponse JSON
+    POST /v1/models/NAME[/versions/N | /labels/L]:predict    -> {"predictions"} / {"outputs"}
+    GET  <monitoring.config path>                            -> Prometheus metrics (if enabled)
+
+Errors are ``{"error": "<message>"}`` with TF Serving's gRPC-code -> HTTP mapping (NOT_FOUND 404,
+INVALID_ARGUMENT 400, RESOURCE_EXHAUSTED 429, ...); any other ``/v1/`` request is
+``400 Malformed request: METHOD PATH`` like TF Serving; ``:classify``/``:regress`` answer 501.
+
+Why ``http.server.ThreadingHTTPServer``: it is in the standard library (nothing extra in the
+image), speaks HTTP/1.1 keep-alive, and runs each connection in its own thread, so a slow
+prediction never blocks other clients. The model call releases the GIL, so threads are enough
+for this CPU-bound server on 2 cores; TF Serving's own REST front end (libevent plus a thread
+pool) is also a thin layer over the same core. Request bodies are capped
+(``MAX_BODY_BYTES``), sockets have an idle timeout, and ``shutdown`` stops accepting and then
+waits for the requests in flight, which is what a graceful SIGTERM needs.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+import socket
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+from google.protobuf import json_format
+from tensorflow_serving.apis import get_model_metadata_pb2, model_pb2
+
+from serving.modelserver.core import HTTP_STATUS, ServerCore, status_proto
+from serving.modelserver.metrics import CONTENT_TYPE, ServerMetrics
+from serving.modelserver.tensors import dumps, parse_predict_json, predict_response_json
+from serving.savedmodel import DEFAULT_SIGNATURE, ModelError, VersionStatus
+
+log = logging.getLogger(__name__)
+
+MAX_BODY_BYTES = 64 * 1024 * 1024
+IDLE_TIMEOUT_S = 30.0
+
+_PREDICT_RE = re.compile(
+    r"/v1/models/([^/:]+)(?:(?:/versions/(\d+))|(?:/labels/([^/:]+)))?:(classify|regress|predict)",
+    re.IGNORECASE,
+)
+_STATUS_RE = re.compile(
+    r"/v1/models(?:/([^/:]+))?(?:(?:/versions/(\d+))|(?:/labels/([^/:]+)))?(?:/(metadata))?",
+    re.IGNORECASE,
+)
+
+
+class HttpError(ModelError):
+    """A request-level error with an explicit gRPC code name."""
+
+    def __init__(self, message: str, code: str = "INVALID_ARGUMENT"):
+        super().__init__(message)
+        self.code = code
+
+
+def status_json(model_name: str, statuses: list[VersionStatus]) -> dict[str, Any]:
+    """A GetModelStatusResponse as TF Serving prints it (every field, codes by name)."""
+    return json_format.MessageToDict(
+        status_proto(statuses), always_print_fields_with_no_presence=True
+    )
+
+
+def metadata_json(model_name: str, version: int, signature_defs: dict[str, Any]) -> dict[str, Any]:
+    """A GetModelMetadataResponse as TF Serving's REST API prints it."""
+    spec = model_pb2.ModelSpec(name=model_name)
+    spec.version.value = version
+    sig_map = get_model_metadata_pb2.SignatureDefMap()
+    for k, v in signature_defs.items():
+        sig_map.signature_def[k].CopyFrom(v)
+    opts = {"preserving_proto_field_name": True, "always_print_fields_with_no_presence": True}
+    return {
+        "model_spec": json_format.MessageToDict(spec, **opts),
+        "metadata": {"signature_def": json_format.MessageToDict(sig_map, **opts)},
+    }
+
+
+class RestServer(ThreadingHTTPServer):
+    """The REST front end of a `ServerCore` (one thread per connection)."""
+
+    daemon_threads = True
+    allow_reuse_address = True
+    request_queue_size = 128
+
+    def __init__(
+        self,
+        address: tuple[str, int],
+        core: ServerCore,
+        *,
+        metrics: ServerMetrics | None = None,
+        metrics_path: str | None = None,
+        max_concurrent: int = 64,
+        timeout_s: float | None = None,
+    ):
+        self.core = core
+        self.slots = threading.BoundedSemaphore(max_concurrent)
+        self.timeout_s = timeout_s
+        self.metrics = metrics
+        self.metrics_path = metrics_path
+        self._in_flight = 0
+        self._idle = threading.Condition()
+        self.draining = False
+        super().__init__(address, _Handler)
+
+    def server_bind(self) -> None:
+        if ":" in self.server_address[0]:
+            self.address_family = socket.AF_INET6
+        super().server_bind()
+
+    def begin_request(self) -> None:
+        with self._idle:
+            self._in_flight += 1
+
+    def end_request(self) -> None:
+        with self._idle:
+            self._in_flight -= 1
+            self._idle.notify_all()
+
+    def drain(self, timeout_s: float) -> bool:
+        """Stop accepting, then wait up to ``timeout_s`` for requests in flight to finish."""
+        self.draining = True
+        self.shutdown()  # returns once serve_forever has stopped accepting
+        self.socket.close()
+        with self._idle:
+            return self._idle.wait_for(lambda: self._in_flight == 0, timeout=timeout_s)
+
+
+class _Handler(BaseHTTPRequestHandler):
+    server: RestServer
+    protocol_version = "HTTP/1.1"
+    server_version = "convserve-modelserver"
+    timeout = IDLE_TIMEOUT_S
+
+    def log_message(self, format: str, *args: Any) -> None:
+        log.debug("%s %s", self.address_string(), format % args)
+
+    def do_GET(self) -> None:
+        self._handle("GET")
+
+    def do_POST(self) -> None:
+        self._handle("POST")
+
+    def do_PUT(self) -> None:
+        self._handle("PUT")
+
+    def do_DELETE(self) -> None:
+        self._handle("DELETE")
+
+    def _handle(self, method: str) -> None:
+        self.server.begin_request()
+        try:
+            with self.server.slots:  # at most --rest_api_num_threads requests at once
+                self._dispatch(method)
+        finally:
+            self.server.end_request()
+
+    def _read_body(self) -> bytes:
+        length = self.headers.get("Content-Length")
+        if length is None:
+            return b""
+        try:
+            n = int(length)
+        except ValueError:
+            raise HttpError("Content-Length is not a number") from None
+        if n < 0:
+            raise HttpError("Content-Length is negative")
+        if n > MAX_BODY_BYTES:
+            raise HttpError(
+                f"request body of {n} bytes exceeds the limit of {MAX_BODY_BYTES}",
+                "RESOURCE_EXHAUSTED",
+            )
+        return self.rfile.read(n)
+
+    def _send(self, code: int, body: bytes, content_type: str = "application/json") -> None:
+        self.send_response(code)
+        self.send_header("Content-Type", content_type)
+        self.send_header("Content-Length", str(len(body)))
+        if self.server.draining:
+            self.send_header("Connection", "close")
+            self.close_connection = True
+        self.end_headers()
+        if self.command != "HEAD":
+            self.wfile.write(body)
+
+    def _dispatch(self, method: str) -> None:
+        started = time.perf_counter()
+        path = self.path.split("?", 1)[0]
+        model_name, api = "", ""
+        try:
+            body = self._read_body() if method in ("POST", "PUT") else b""
+            if self.server.metrics_path and path == self.server.metrics_path and method == "GET":
+                assert self.server.metrics is not None
+                self._send(200, self.server.metrics.render(), CONTENT_TYPE)
+                return
+            if not path.lower().startswith("/v1/"):
+                self._send(404, dumps({"error": f"Not found: {method} {path}"}))
+                return
+            m = _PREDICT_RE.fullmatch(path) if method == "POST" else None
+            s = _STATUS_RE.fullmatch(path) if method == "GET" else None
+            if m:
+                model_name, version, label, verb = m.groups()
+                api = verb.lower()
+                if api != "predict":
+                    raise HttpError(
+                        f"{api} is not implemented by serving.modelserver (predict only)",
+                        "UNIMPLEMENTED",
+                    )
+                out = self._predict(model_name, _version(version), label, body)
+            elif s and s.group(1):
+                model_name, version, label, meta = s.groups()
+                if meta:
+                    api = "GetModelMetadata"
+                    v, defs = self.server.core.metadata(model_name, _version(version), label)
+                    out = metadata_json(model_name, v, defs)
+                else:
+                    api = "GetModelStatus"
+                    out = status_json(
+                        model_name, self.server.core.status(model_name, _version(version), label)
+                    )
+                out = json.dumps(out, indent=1).encode()
+            elif s:
+                raise HttpError("Missing model name in request.")
+            else:
+                raise HttpError(f"Malformed request: {method} {path}")
+            self._send(200, out)
+            code = "OK"
+        except ModelError as exc:
+            code = exc.code
+            self._send(HTTP_STATUS.get(code, 500), dumps({"error": str(exc)}))
+        except Exception:  # never a traceback to the client: log it, answer 500
+            log.exception("REST %s %s failed", method, path)
+            code = "INTERNAL"
+            self._send(500, dumps({"error": "Internal error; see the model server log"}))
+        if api and model_name and self.server.metrics is not None:
+            self.server.metrics.record_request(
+                model_name, api, "REST", code, time.perf_counter() - started
+            )
+
+    def _predict(self, name: str, version: int | None, label: str | None, body: bytes) -> bytes:
+        core = self.server.core
+        manager = core._manager_for_request(name, version, label)
+
+        def signature_for(sig_name: str) -> Any:
+            with manager.acquire(version, label) as model:
+                return model.signature(sig_name or DEFAULT_SIGNATURE)
+
+        sig_name, inputs, fmt = parse_predict_json(body, signature_for)
+        result = core.predict(name, inputs, version=version, label=label, signature_name=sig_name)
+        return dumps(predict_response_json(result.outputs, fmt))
+
+
+def _version(text: str | None) -> int | None:
+    return int(text) if text else None
