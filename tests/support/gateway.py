@@ -18,6 +18,7 @@ SIGTERM afterwards (SIGKILL after ``stop_timeout``).
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import shutil
 import signal
@@ -191,3 +192,61 @@ def start_gateway(
     finally:
         handle.stop(stop_timeout)
         shutil.rmtree(work, ignore_errors=True)
+
+
+def _model_available(rest_url: str, model_name: str) -> bool:
+    try:
+        with urllib.request.urlopen(f"{rest_url}/v1/models/{model_name}", timeout=2) as resp:
+            doc = json.loads(resp.read())
+    except (urllib.error.URLError, OSError, ValueError):
+        return False
+    return any(s.get("state") == "AVAILABLE" for s in doc.get("model_version_status", []))
+
+
+@contextlib.contextmanager
+def modelserver_on_ports(
+    base_path: str | os.PathLike[str],
+    grpc_port: int,
+    rest_port: int,
+    *flags: str,
+    model_name: str = "fashion_mnist",
+    timeout: float = 90.0,
+) -> Iterator[subprocess.Popen]:
+    """Run ``python -m serving.modelserver`` on *given* ports (so a test can stop it and start
+    it again where a gateway expects it); yield the process once a version is AVAILABLE."""
+    cmd = [
+        sys.executable,
+        "-m",
+        "serving.modelserver",
+        f"--port={grpc_port}",
+        f"--rest_api_port={rest_port}",
+        f"--model_name={model_name}",
+        f"--model_base_path={Path(base_path).resolve()}",
+        *flags,
+    ]
+    fd, log_name = tempfile.mkstemp(prefix="modelserver-", suffix=".log")
+    with os.fdopen(fd, "wb") as log_file:
+        proc = subprocess.Popen(
+            cmd,
+            cwd=ROOT,
+            env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"},
+            stdout=log_file,
+            stderr=subprocess.STDOUT,
+        )
+    try:
+        deadline = time.monotonic() + timeout
+        while not _model_available(f"http://127.0.0.1:{rest_port}", model_name):
+            if proc.poll() is not None or time.monotonic() > deadline:
+                output = Path(log_name).read_text(errors="replace")
+                raise GatewayStartError(f"model server not ready (exit {proc.poll()}):\n{output}")
+            time.sleep(0.2)
+        yield proc
+    finally:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(20)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait(10)
+        os.unlink(log_name)

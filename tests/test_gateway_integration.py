@@ -1,0 +1,338 @@
+"""The gateway as it runs for real: gunicorn workers → ``serving.modelserver`` over gRPC and
+REST, and the embedded backend, as separate processes.
+
+Shared, module-scoped processes: one model server, three gateways (gRPC, REST, embedded; two
+workers each). Covered: end-to-end correctness on 200 test-set PNGs against the model's own
+predictions, metrics summed across workers (and ``promtool``), the model server going away
+(503 within the deadline) and coming back (served again, no gateway restart), a new model
+version exported while requests flow (answered by it, no failed request), SIGTERM shutdown.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import shutil
+import subprocess
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import requests
+from PIL import Image
+from prometheus_client.parser import text_string_to_metric_families
+
+from tests.support.gateway import modelserver_on_ports, start_gateway
+from tests.support.net import free_port
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
+
+N_IMAGES = 200
+TIMEOUT_S = 3.0  # GATEWAY_TIMEOUT_SECONDS of the gateways under test
+
+
+def _copy_version(base: Path, src: int, dst: int) -> None:
+    """Publish version ``dst`` as a copy of ``src`` the way an exporter does: write, then rename."""
+    tmp = base / f".tmp-{dst}"
+    shutil.copytree(base / str(src), tmp)
+    os.rename(tmp, base / str(dst))
+
+
+@pytest.fixture(scope="module")
+def ms_base(exported_model, tmp_path_factory) -> Path:
+    base = tmp_path_factory.mktemp("gw-ms") / "fashion_mnist"
+    shutil.copytree(exported_model, base)
+    return base
+
+
+@pytest.fixture(scope="module")
+def embedded_base(exported_model, tmp_path_factory) -> Path:
+    base = tmp_path_factory.mktemp("gw-emb") / "fashion_mnist"
+    shutil.copytree(exported_model, base)
+    return base
+
+
+@pytest.fixture(scope="module")
+def ms_ports() -> tuple[int, int]:
+    grpc_port, rest_port = free_port(), free_port()
+    while rest_port == grpc_port:
+        rest_port = free_port()
+    return grpc_port, rest_port
+
+
+@pytest.fixture(scope="module")
+def embedded_gateway(embedded_base):
+    # Started first and not waited for: its workers load TensorFlow while the rest starts.
+    env = {
+        "GATEWAY_BACKEND": f"embedded:{embedded_base}",
+        "GATEWAY_WORKERS": "2",
+        "GATEWAY_TIMEOUT_SECONDS": str(TIMEOUT_S),
+        "GATEWAY_MODEL_POLL_SECONDS": "0.5",
+    }
+    with start_gateway(env, wait=False) as gw:
+        yield gw
+
+
+@pytest.fixture(scope="module")
+def modelserver(ms_base, ms_ports, embedded_gateway):
+    with modelserver_on_ports(ms_base, *ms_ports, "--file_system_poll_wait_seconds=1") as proc:
+        yield proc
+
+
+def _remote_env(backend: str) -> dict[str, str]:
+    return {
+        "GATEWAY_BACKEND": backend,
+        "GATEWAY_WORKERS": "2",
+        "GATEWAY_THREADS": "4",
+        "GATEWAY_TIMEOUT_SECONDS": str(TIMEOUT_S),
+        "GATEWAY_READY_CACHE_SECONDS": "0.2",
+    }
+
+
+@pytest.fixture(scope="module")
+def grpc_gateway(modelserver, ms_ports):
+    with start_gateway(_remote_env(f"grpc://127.0.0.1:{ms_ports[0]}")) as gw:
+        yield gw
+
+
+@pytest.fixture(scope="module")
+def rest_gateway(modelserver, ms_ports):
+    with start_gateway(_remote_env(f"http://127.0.0.1:{ms_ports[1]}")) as gw:
+        yield gw
+
+
+@pytest.fixture(scope="module")
+def gateways(grpc_gateway, rest_gateway, embedded_gateway):
+    from tests.support.gateway import wait_ready
+
+    wait_ready(embedded_gateway, 120)
+    # Every worker of the embedded gateway must have its model: a request reaching a worker
+    # that is still loading waits for it (within the deadline), so warm both up.
+    for _ in range(8):
+        r = requests.post(
+            f"{embedded_gateway.url}/v1/predict",
+            json={"instances": [[[0] * 28] * 28]},
+            timeout=30,
+        )
+        assert r.status_code == 200, r.text
+    return {"grpc": grpc_gateway, "rest": rest_gateway, "embedded": embedded_gateway}
+
+
+@pytest.fixture(scope="module")
+def test_pngs(dataset) -> tuple[np.ndarray, list[bytes]]:
+    """The first 200 test images as uint8 arrays and as 28x28 grayscale PNG files."""
+    x = dataset.x_test[:N_IMAGES]
+    pngs = []
+    for arr in x:
+        buf = io.BytesIO()
+        Image.fromarray(arr, mode="L").save(buf, format="PNG")
+        pngs.append(buf.getvalue())
+    return x, pngs
+
+
+@pytest.fixture(scope="module")
+def reference(exported_model, test_pngs) -> np.ndarray:
+    """The model's own probabilities on the raw arrays (TensorFlow, no gateway code)."""
+    import tensorflow as tf
+
+    x, _ = test_pngs
+    loaded = tf.saved_model.load(str(exported_model / "1"))
+    fn = loaded.signatures["serving_default"]
+    images = tf.constant(x.astype(np.float32)[..., None] / 255.0)
+    return fn(images=images)["probabilities"].numpy()
+
+
+def _metrics(url: str) -> dict[tuple[str, tuple], float]:
+    text = requests.get(f"{url}/metrics", timeout=10).text
+    return {
+        (s.name, tuple(sorted(s.labels.items()))): s.value
+        for fam in text_string_to_metric_families(text)
+        for s in fam.samples
+    }
+
+
+PREDICT_OK = (
+    "gateway_requests_total",
+    (("endpoint", "/v1/predict"), ("method", "POST"), ("status", "200")),
+)
+
+
+# -- correctness --------------------------------------------------------------------------------
+@pytest.mark.parametrize("kind", ["grpc", "rest", "embedded"])
+def test_predictions_equal_the_models_own(gateways, test_pngs, reference, kind):
+    url = gateways[kind].url
+    _, pngs = test_pngs
+    probs, versions = [], set()
+    # 180 images in multipart batches of 45, the last 20 one raw PNG per request
+    for start in range(0, 180, 45):
+        files = [("file", (f"{i}.png", pngs[i], "image/png")) for i in range(start, start + 45)]
+        r = requests.post(f"{url}/v1/predict", files=files, timeout=30)
+        assert r.status_code == 200, r.text
+        body = r.json()
+        assert len(body["predictions"]) == 45
+        versions.add(body["model_version"])
+        probs += [p["probabilities"] for p in body["predictions"]]
+    for i in range(180, N_IMAGES):
+        r = requests.post(
+            f"{url}/v1/predict", data=pngs[i], headers={"Content-Type": "image/png"}, timeout=30
+        )
+        assert r.status_code == 200, r.text
+        versions.add(r.json()["model_version"])
+        probs += [r.json()["predictions"][0]["probabilities"]]
+    got = np.asarray(probs)
+    assert got.shape == (N_IMAGES, 10)
+    np.testing.assert_array_equal(got.argmax(axis=1), reference.argmax(axis=1))
+    np.testing.assert_allclose(got, reference, atol=1e-5)
+    assert versions == {1}
+
+
+def test_prediction_body_and_request_id(gateways, test_pngs):
+    _, pngs = test_pngs
+    r = requests.post(
+        f"{gateways['grpc'].url}/v1/predict",
+        data=pngs[0],
+        headers={"Content-Type": "image/png", "X-Request-ID": "it-1"},
+        timeout=30,
+    )
+    assert r.status_code == 200
+    assert r.headers["X-Request-ID"] == "it-1"
+    body = r.json()
+    assert set(body) == {"model_name", "model_version", "predictions"}
+    assert body["model_name"] == "fashion_mnist"
+    pred = body["predictions"][0]
+    assert pred["confidence"] == max(pred["probabilities"])
+    assert pred["class_id"] == int(np.argmax(pred["probabilities"]))
+
+
+# -- metrics across workers -----------------------------------------------------------------------
+def test_metrics_sum_over_both_workers(gateways, test_pngs):
+    gw = gateways["rest"]
+    _, pngs = test_pngs
+    before = _metrics(gw.url).get(PREDICT_OK, 0.0)
+    n = 40
+
+    def send(i: int) -> int:
+        r = requests.post(
+            f"{gw.url}/v1/predict", data=pngs[i], headers={"Content-Type": "image/png"}, timeout=30
+        )
+        return r.status_code
+
+    threads = [threading.Thread(target=lambda i=i: codes.append(send(i))) for i in range(n)]
+    codes: list[int] = []
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert codes == [200] * n
+    # Whichever worker answers the scrape, it reports the sum over both workers.
+    for _ in range(6):
+        assert _metrics(gw.url)[PREDICT_OK] - before == n
+    pids = {p.name.rsplit("_", 1)[-1] for p in gw.metrics_dir.glob("counter_*.db")}
+    assert len(pids) == 2, f"expected files of 2 workers, got {sorted(pids)}"
+
+
+def test_multiprocess_metrics_pass_promtool(gateways):
+    promtool = shutil.which("promtool")
+    if promtool is None:
+        if os.environ.get("CI"):
+            pytest.fail("promtool is required in CI (apt-get install prometheus)")
+        pytest.skip("promtool not installed (apt-get install prometheus)")
+    text = requests.get(f"{gateways['grpc'].url}/metrics", timeout=10).content
+    assert b"gateway_model_info" in text
+    proc = subprocess.run([promtool, "check", "metrics"], input=text, capture_output=True)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+# -- version swaps --------------------------------------------------------------------------------
+def _hammer(url: str, png: bytes, stop: threading.Event, out: list) -> None:
+    with requests.Session() as s:
+        while not stop.is_set():
+            r = s.post(
+                f"{url}/v1/predict", data=png, headers={"Content-Type": "image/png"}, timeout=30
+            )
+            out.append((r.status_code, r.json().get("model_version")))
+
+
+@pytest.mark.parametrize(
+    ("kind", "base_fixture"), [("embedded", "embedded_base"), ("grpc", "ms_base")]
+)
+def test_new_version_takes_over_without_failures(gateways, test_pngs, request, kind, base_fixture):
+    url = gateways[kind].url
+    base: Path = request.getfixturevalue(base_fixture)
+    new = max(int(p.name) for p in base.iterdir() if p.name.isdigit()) + 1
+    _, pngs = test_pngs
+    stop, results = threading.Event(), []
+    workers = [
+        threading.Thread(target=_hammer, args=(url, pngs[i], stop, results)) for i in range(4)
+    ]
+    for t in workers:
+        t.start()
+    try:
+        time.sleep(0.5)
+        _copy_version(base, new - 1, new)
+        deadline = time.monotonic() + 60
+        # until a few answers in a row came from the new version (every worker switched)
+        while time.monotonic() < deadline:
+            tail = results[-20:]
+            if len(tail) == 20 and all(v == new for _, v in tail):
+                break
+            time.sleep(0.2)
+    finally:
+        stop.set()
+        for t in workers:
+            t.join()
+    codes = {c for c, _ in results}
+    assert codes == {200}, f"failed requests during the swap: {sorted(codes)}"
+    versions = [v for _, v in results]
+    assert versions[0] == new - 1
+    assert versions[-20:] == [new] * 20
+    models = requests.get(f"{url}/v1/models", timeout=10).json()
+    assert {"version": new, "state": "AVAILABLE", "error": ""} in models["versions"]
+
+
+# -- backend outage -------------------------------------------------------------------------------
+def test_modelserver_down_then_back(gateways, modelserver, ms_base, ms_ports, test_pngs):
+    gw = gateways["grpc"]
+    _, pngs = test_pngs
+    modelserver.terminate()
+    modelserver.wait(20)
+    post = dict(data=pngs[0], headers={"Content-Type": "image/png"}, timeout=30)
+    for _ in range(4):  # both workers, whatever their channel state
+        started = time.monotonic()
+        r = requests.post(f"{gw.url}/v1/predict", **post)
+        elapsed = time.monotonic() - started
+        assert r.status_code == 503, r.text
+        assert r.json()["error"]["code"] == "backend_unavailable"
+        assert r.headers["Retry-After"] == "1"
+        assert elapsed < TIMEOUT_S
+    time.sleep(0.3)  # readiness cache (0.2 s) expires
+    r = requests.get(f"{gw.url}/readyz", timeout=10)
+    assert r.status_code == 503 and r.json()["error"]["code"] == "not_ready"
+    rest = requests.post(f"{gateways['rest'].url}/v1/predict", **post)
+    assert rest.status_code == 503 and rest.json()["error"]["code"] == "backend_unavailable"
+
+    with modelserver_on_ports(ms_base, *ms_ports, "--file_system_poll_wait_seconds=1"):
+        # Each worker's gRPC channel reconnects on its own backoff (at most 2 s, see
+        # serving.tfserving.grpc_client): within a few seconds every request succeeds again.
+        deadline = time.monotonic() + 15
+        in_a_row = 0
+        while in_a_row < 10:
+            assert time.monotonic() < deadline, "gateway did not serve again after the restart"
+            ok = requests.post(f"{gw.url}/v1/predict", **post).status_code == 200
+            in_a_row = in_a_row + 1 if ok else 0
+            time.sleep(0.05 if ok else 0.2)
+        assert requests.get(f"{gw.url}/readyz", timeout=10).status_code == 200
+        deadline = time.monotonic() + 15
+        while requests.post(f"{gateways['rest'].url}/v1/predict", **post).status_code != 200:
+            assert time.monotonic() < deadline, "REST gateway did not serve again"
+            time.sleep(0.2)
+        m = _metrics(gw.url)
+        assert m[("gateway_backend_errors_total", (("reason", "unavailable"),))] >= 4
+
+
+def test_sigterm_shuts_down_cleanly(gateways):
+    gw = gateways["embedded"]
+    assert gw.stop(timeout=30) == 0
+    assert "Shutting down: Master" in gw.output()
