@@ -19,6 +19,7 @@ Example::
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -112,7 +113,10 @@ def _parse(text: str, message: Any, path: str | os.PathLike[str]) -> Any:
     try:
         text_format.Parse(text, message)
     except text_format.ParseError as exc:
-        raise ConfigError(f"{path}: {exc}") from exc
+        line, column = exc.GetLine(), exc.GetColumn()
+        where = f"{path}:{line}:{column}" if line is not None else str(path)
+        detail = re.sub(r"^\d+:\d+ : ", "", str(exc))
+        raise ConfigError(f"{where}: {detail}") from exc
     return message
 
 
