@@ -79,6 +79,7 @@ def gateway(stack):
     """(servicer, gateway URL), with the stand-in's script reset."""
     servicer, url, _ = stack
     servicer.fail, servicer.delay, servicer.requests = [], 0.0, []
+    servicer.next_details = None
     return servicer, url
 
 

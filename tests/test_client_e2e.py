@@ -166,3 +166,44 @@ def test_cli_missing_version_is_a_server_error(server):
     assert proc.stdout == "" and "Traceback" not in proc.stderr
     assert proc.stderr.startswith(f"error: {server.url}: HTTP 503 model_not_ready: ")
     assert proc.stderr.count("\n") == 1
+
+
+@pytest.fixture(scope="module")
+def labelled_server(model_base, tmp_path_factory):
+    """A second model server with versions 1 and 2 and the labels stable=1, canary=2."""
+    import shutil
+
+    from tests.support.modelserver import start_modelserver
+
+    base = tmp_path_factory.mktemp("labelled") / "fashion_mnist"
+    shutil.copytree(model_base / "1", base / "1")
+    shutil.copytree(model_base / "1", base / "2")
+    config = base.parent / "models.config"
+    config.write_text(
+        "model_config_list {\n  config {\n    name: 'fashion_mnist'\n"
+        f"    base_path: '{base}'\n    model_platform: 'tensorflow'\n"
+        "    model_version_policy { specific { versions: 1 versions: 2 } }\n"
+        "    version_labels { key: 'stable' value: 1 }\n"
+        "    version_labels { key: 'canary' value: 2 }\n  }\n}\n"
+    )
+    with start_modelserver(None, f"--model_config_file={config}") as handle:
+        yield handle
+
+
+@pytest.mark.parametrize("protocol", ["grpc", "rest"])
+def test_label_pinning(labelled_server, test_batch, protocol):
+    server = labelled_server
+    cls, target = (GrpcClient, server.target) if protocol == "grpc" else (RestClient, server.url)
+    batch = test_batch[0][:2]
+    with cls(target) as client:
+        assert client.model_status() == [
+            VersionStatus(1, "AVAILABLE", ""),
+            VersionStatus(2, "AVAILABLE", ""),
+        ]
+        assert client.predict(batch).model_version == 2  # latest
+    for label, version in (("stable", 1), ("canary", 2)):
+        with cls(target, label=label) as client:
+            assert client.predict(batch).model_version == version
+    with cls(target, label="nope") as client, pytest.raises(ModelNotFound) as info:
+        client.predict(batch)
+    assert "Unrecognized servable version label: nope" in str(info.value)

@@ -46,7 +46,7 @@ def grpc_server():
 def fake(grpc_server):
     servicer, target = grpc_server
     servicer.fail, servicer.delay, servicer.requests = [], 0.0, []
-    servicer.use_float_val = False
+    servicer.use_float_val, servicer.next_details = False, None
     return servicer, target
 
 
@@ -369,3 +369,17 @@ def test_rest_json_encoding_is_exact(n):
     assert np.array_equal(np.asarray(json.loads(encode_batch_json(levels)), np.float32), levels)
     other = np.random.default_rng(n).random((n, 28, 28, 1)).astype(np.float32)  # general floats
     assert np.array_equal(np.asarray(json.loads(encode_batch_json(other)), np.float32), other)
+
+
+def test_unknown_label_is_model_not_found(fake, rest):
+    servicer, target = fake
+    servicer.fail = [grpc.StatusCode.INVALID_ARGUMENT]
+    servicer_details = "Unrecognized servable version label: nope"
+    servicer.next_details = servicer_details
+    with GrpcClient(target, label="nope") as client, pytest.raises(ModelNotFound):
+        client.predict(batch_of(1))
+    state, url = rest
+    state.script = [(400, {"error": servicer_details})]
+    with RestClient(url, label="nope") as client, pytest.raises(ModelNotFound) as info:
+        client.predict(batch_of(1))
+    assert str(info.value).endswith(f"HTTP 400: {servicer_details}")

@@ -20,6 +20,8 @@ log = logging.getLogger(__name__)
 SIGNATURE_NAME = "serving_default"
 INPUT_NAME = "images"
 OUTPUT_NAME = "probabilities"
+#: How TF Serving starts the message for a version label it does not know (gRPC and REST).
+UNKNOWN_LABEL = "Unrecognized servable version label"
 _BACKOFF = 0.05  # seconds before the first retry; doubles each time, never past the deadline
 
 T = TypeVar("T")

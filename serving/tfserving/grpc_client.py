@@ -23,6 +23,7 @@ from serving.tfserving.base import (
     INPUT_NAME,
     OUTPUT_NAME,
     SIGNATURE_NAME,
+    UNKNOWN_LABEL,
     PredictResult,
     VersionStatus,
     call_with_retries,
@@ -52,7 +53,12 @@ _CHANNEL_OPTIONS = (
 
 
 def map_rpc_error(exc: grpc.RpcError, what: str) -> BackendError:
-    """Translate a gRPC error into the matching :mod:`serving.tfserving.errors` class."""
+    """Translate a gRPC error into the matching :mod:`serving.tfserving.errors` class.
+
+    TF Serving answers an unknown version label with INVALID_ARGUMENT; that is a serving-side
+    state (the label is not assigned yet), so it maps to :class:`ModelNotFound`, not to
+    :class:`BackendInvalidRequest`.
+    """
     code = exc.code() if hasattr(exc, "code") else None
     details = (exc.details() if hasattr(exc, "details") else None) or str(exc)
     message = f"{what}: {details}"
@@ -63,6 +69,8 @@ def map_rpc_error(exc: grpc.RpcError, what: str) -> BackendError:
     if code == grpc.StatusCode.NOT_FOUND:
         return ModelNotFound(message)
     if code == grpc.StatusCode.INVALID_ARGUMENT:
+        if details.startswith(UNKNOWN_LABEL):  # the pinned label is not served: not the input
+            return ModelNotFound(message)
         return BackendInvalidRequest(message)
     name = code.name if code is not None else "UNKNOWN"
     return BackendError(f"{what}: gRPC {name}: {details}")

@@ -31,6 +31,7 @@ from serving.tfserving.base import (
     INPUT_NAME,
     OUTPUT_NAME,
     SIGNATURE_NAME,
+    UNKNOWN_LABEL,
     PredictResult,
     VersionStatus,
     call_with_retries,
@@ -104,10 +105,11 @@ def _error_message(response: requests.Response) -> str:
 
 
 def _map_http_error(response: requests.Response, what: str) -> BackendError:
-    message = f"{what}: HTTP {response.status_code}: {_error_message(response)}"
+    detail = _error_message(response)
+    message = f"{what}: HTTP {response.status_code}: {detail}"
     status = response.status_code
-    if status == 404:
-        return ModelNotFound(message)
+    if status == 404 or (status == 400 and detail.startswith(UNKNOWN_LABEL)):
+        return ModelNotFound(message)  # an unknown label is serving-side state, like a 404
     if status == 400:
         return BackendInvalidRequest(message)
     if status in (502, 503):

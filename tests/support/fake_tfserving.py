@@ -54,10 +54,13 @@ class FakeTFServing(
         self.use_float_val = False
         self.version = 7
 
+    #: when set, the details text of scripted failures (default "scripted <CODE>")
+    next_details: str | None = None
+
     def _maybe_fail(self, context) -> None:
         if self.fail:
             code = self.fail.pop(0)
-            context.abort(code, f"scripted {code.name}")
+            context.abort(code, self.next_details or f"scripted {code.name}")
         if self.delay:
             time.sleep(self.delay)
 
