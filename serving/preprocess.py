@@ -78,6 +78,8 @@ _SHARPEN = ImageFilter.UnsharpMask(radius=1, percent=100, threshold=0)
 # which is far faster and still leaves > 8x the resolution the model needs.
 _DRAFT_SIZE = (8 * IMAGE_SIZE, 8 * IMAGE_SIZE)
 _EXIF_ORIENTATION = 0x0112
+_WIDE_MODES = frozenset({"I;16", "I;16B", "I;16L", "I;16N", "I", "F"})
+_GRAY_MODES = frozenset({"L"}) | _WIDE_MODES
 # Exceptions Pillow's decoders raise on corrupt or truncated data.
 # Importing the five plugins registers them in Image.OPEN (what Image.open would do lazily).
 _PLUGINS = (BmpImagePlugin, GifImagePlugin, JpegImagePlugin, PngImagePlugin, WebPImagePlugin)
@@ -155,7 +157,13 @@ def _load_gray(img: Image.Image) -> tuple[Image.Image, bool]:
     if img.format == "JPEG" and (img.width > 2 * _DRAFT_SIZE[0] or img.height > 2 * _DRAFT_SIZE[1]):
         img.draft("L", _DRAFT_SIZE)
     img.load()
-    source_gray = img.mode == "L" and "transparency" not in img.info
+    source_gray = img.mode in _GRAY_MODES and "transparency" not in img.info
+    if img.mode in _WIDE_MODES:
+        # 16-bit (or 32-bit) grayscale: scale to 8 bits (Pillow's convert("L") would clip).
+        wide = np.asarray(img, dtype=np.float64)
+        if img.mode.startswith("I;16") or (wide.size and wide.max() > 255):
+            wide = wide / 257.0
+        img = Image.fromarray(np.clip(np.rint(wide), 0, 255).astype(np.uint8), "L")
     # EXIF orientation (JPEG, WebP, PNG eXIf); cheap when absent.
     if img.getexif().get(_EXIF_ORIENTATION, 1) != 1:
         img = ImageOps.exif_transpose(img)

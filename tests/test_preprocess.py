@@ -93,6 +93,27 @@ def test_palette_png(reference):
     assert mean_abs_diff(x, reference) <= 0.01
 
 
+def test_16_bit_grayscale_png(reference):
+    pixels = np.asarray(draw_shape().convert("L")).astype(np.uint16) * 257
+    img = Image.fromarray(pixels)
+    assert img.mode == "I;16"
+    x = decode_image(encode(img, "PNG"))
+    assert mean_abs_diff(x, decode_image(encode(draw_shape().convert("L"), "PNG"))) == 0.0
+    assert mean_abs_diff(x, reference) <= 0.01
+    small = np.arange(784, dtype=np.uint16).reshape(28, 28) % 256
+    x = decode_image(encode(Image.fromarray(small * 257), "PNG"))  # 28x28: passthrough
+    np.testing.assert_array_equal(x[..., 0], small.astype(np.float32) / 255)
+
+
+def test_cmyk_jpeg_and_1_bit_bmp(reference):
+    x = decode_image(encode(draw_shape().convert("CMYK"), "JPEG", quality=95))
+    assert mean_abs_diff(x, reference) <= 0.03
+    bilevel = draw_shape().convert("1", dither=Image.Dither.NONE)
+    x = decode_image(encode(bilevel, "BMP"))
+    assert_model_input(x)
+    assert mean_abs_diff(x, reference) <= 0.05
+
+
 def test_rgba_alpha_is_flattened_onto_white(reference):
     # Transparent background, opaque dark object: same as the object on a white page.
     img = draw_shape(fg=(25, 25, 25, 255), bg=(0, 0, 0, 0), mode="RGBA")
