@@ -29,6 +29,7 @@ from pathlib import Path
 log = logging.getLogger("training")
 
 EXIT_ERROR, EXIT_USAGE, EXIT_INTERRUPTED = 1, 2, 130
+FILTER_NAMES = ("edges", "horizontal", "vertical")  # training.visualize.FILTERS (not imported here)
 
 
 class CliError(Exception):
@@ -86,8 +87,6 @@ def _add_data_dir(p: argparse.ArgumentParser) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of ``python -m training``."""
-    from training.visualize import FILTERS
-
     parser = argparse.ArgumentParser(
         prog="python -m training",
         description="Train, export, evaluate and visualise the lesson's Fashion-MNIST conv/pool model.",
@@ -169,7 +168,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     f.add_argument("image", type=Path, nargs="?", help="any image file (converted to grayscale)")
     f.add_argument("--test-index", type=_non_negative_int, help="use a test-set image instead")
-    f.add_argument("--filter", choices=sorted(FILTERS), default="vertical",
+    f.add_argument("--filter", choices=FILTER_NAMES, default="vertical",
                    help="kernel (default: %(default)s, emphasises vertical lines)")  # fmt: skip
     _add_data_dir(f)
     f.add_argument("--out", type=Path, default=Path("filter.png"), help="PNG to write")
@@ -382,9 +381,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         stream=sys.stderr,
     )
     from training.data import DataError
-    from training.errors import ExportError
+    from training.errors import ExportError, ImageError
     from training.evaluate import ModelNotFoundError
-    from training.visualize import ImageError
 
     try:
         return COMMANDS[args.command](args)

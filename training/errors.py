@@ -6,3 +6,7 @@ Kept free of TensorFlow imports so the CLI can report bad input without loading 
 
 class ExportError(Exception):
     """The export cannot be written (e.g. the version exists and overwrite is off)."""
+
+
+class ImageError(ValueError):
+    """An input image cannot be read or decoded."""

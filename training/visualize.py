@@ -18,6 +18,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 from serving.labels import CLASS_NAMES, IMAGE_SIZE
+from training.errors import ImageError
 
 FEATURE_LAYERS = ("conv1", "pool1", "conv2", "pool2")
 CELL_INCHES = 1.5
@@ -29,10 +30,6 @@ FILTERS = {
     "edges": np.array([[0, 1, 0], [1, -4, 1], [0, 1, 0]], dtype=np.float32),
 }
 MAX_FILTER_SIDE = 1024  # larger images are downscaled first (the demo is about shapes, not pixels)
-
-
-class ImageError(ValueError):
-    """An input image cannot be read or decoded."""
 
 
 def _save(fig: Figure, path: str | Path) -> Path:
