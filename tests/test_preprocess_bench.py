@@ -1,0 +1,50 @@
+"""serving.bench_preprocess runs end to end on a few test images (the numbers themselves are
+recorded in docs/BENCHMARKS.md, not asserted here beyond what must hold exactly)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from serving import bench_preprocess
+
+pytestmark = pytest.mark.slow
+
+
+def test_benchmark_runs_and_png_is_lossless(
+    exported_model, fashion_mnist_dir, tmp_path, monkeypatch, capsys
+):
+    monkeypatch.setenv("FASHION_MNIST_DIR", str(fashion_mnist_dir))
+    out = tmp_path / "bench.json"
+    code = bench_preprocess.main(
+        [
+            "--model",
+            str(exported_model),
+            "--limit",
+            "64",
+            "--timing-images",
+            "4",
+            "--repeat",
+            "1",
+            "--json",
+            str(out),
+        ]
+    )
+    results = json.loads(out.read_text())
+    assert results["images"] == 64
+    assert set(results["alterations"]) == set(bench_preprocess.ALTERATIONS)
+    # the dataset's own form must classify exactly like the raw tensors
+    assert results["alterations"]["png"]["accuracy"] == results["raw_accuracy"]
+    assert results["alterations"]["png"]["delta"] == 0.0
+    misses = [
+        n for n, r in results["alterations"].items() if r["delta"] < -bench_preprocess.QUALITY_BAR
+    ]
+    assert code == (1 if misses else 0)
+    table = capsys.readouterr().out
+    assert table.count("\n| `") == len(bench_preprocess.ALTERATIONS)
+
+
+def test_benchmark_rejects_a_missing_model(tmp_path, capsys):
+    assert bench_preprocess.main(["--model", str(tmp_path / "none")]) == 2
+    assert capsys.readouterr().err.startswith("error: no model at ")
