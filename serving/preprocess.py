@@ -32,7 +32,6 @@ from __future__ import annotations
 
 import io
 import struct
-import warnings
 import zlib
 from collections.abc import Sequence
 
@@ -132,6 +131,9 @@ def _identify(data: bytes) -> Image.Image:
             continue
         try:
             return factory(io.BytesIO(data), "")
+        except Image.DecompressionBombError as exc:
+            # A GIF/WebP frame that enlarges the canvas past twice Pillow's own limit.
+            raise ImageTooLarge(f"image rejected as a decompression bomb: {exc}") from None
         except _DECODE_ERRORS:
             continue
     raise InvalidImage(f"not a supported image ({_FORMATS_TEXT}): cannot identify image data")
@@ -238,9 +240,7 @@ def decode_image(data: bytes, *, max_pixels: int = MAX_PIXELS) -> np.ndarray:
     """
     img = _open(data, max_pixels)
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            gray, source_gray = _load_gray(img)
+        gray, source_gray = _load_gray(img)
     except Image.DecompressionBombError as exc:
         raise ImageTooLarge(f"image rejected as a decompression bomb: {exc}") from None
     except _DECODE_ERRORS as exc:

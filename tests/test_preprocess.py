@@ -280,6 +280,23 @@ def test_huge_dimensions_rejected_from_the_header(make, no_decoding):
     )
 
 
+def gif_with_frame(screen: int, frame: int) -> bytes:
+    """A GIF with a small logical screen whose first frame declares a much larger extent."""
+    head = b"GIF89a" + struct.pack("<HHBBB", screen, screen, 0x80, 0, 0) + b"\x00" * 3 + b"\xff" * 3
+    desc = b"," + struct.pack("<HHHHB", 0, 0, frame, frame, 0) + b"\x02\x02\x44\x01\x00"
+    return head + desc + b";"
+
+
+def test_gif_frame_larger_than_its_screen(no_decoding):
+    # 12000x12000 passes Pillow's own bomb check (a warning only) but not ours
+    with pytest.warns(Image.DecompressionBombWarning), pytest.raises(ImageTooLarge) as info:
+        decode_image(gif_with_frame(10, 12000))
+    assert str(info.value).startswith("image is 12000x12000 = 144000000 pixels")
+    # 20000x20000 is refused by Pillow while parsing the frame header: still ImageTooLarge
+    with pytest.raises(ImageTooLarge, match=r"^image rejected as a decompression bomb: "):
+        decode_image(gif_with_frame(10, 20000))
+
+
 def test_pixel_limit_is_a_parameter():
     data = encode(draw_shape(size=(100, 80)), "PNG")
     with pytest.raises(ImageTooLarge) as info:
