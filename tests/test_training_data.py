@@ -163,3 +163,33 @@ def test_split_validation_is_stratified_disjoint_and_seeded() -> None:
     assert split_validation(x, y, 0.1, seed=1)[0].shape == (900, 28, 28)
     with pytest.raises(ValueError, match="fraction"):
         split_validation(ids, y, 1.0)
+
+
+def test_without_a_folder_keras_load_data_is_used(monkeypatch: pytest.MonkeyPatch) -> None:
+    import keras
+
+    fake = (
+        (np.ones((6, 28, 28), np.int64), np.arange(6) % 10),
+        (np.zeros((2, 28, 28), np.int64), np.array([1, 2])),
+    )
+    monkeypatch.delenv("FASHION_MNIST_DIR", raising=False)
+    monkeypatch.setattr(keras.datasets.fashion_mnist, "load_data", lambda: fake)
+    ds = load_fashion_mnist()
+    assert ds.x_train.dtype == np.uint8 and ds.x_train.shape == (6, 28, 28)
+    assert ds.y_test.tolist() == [1, 2]
+
+
+def test_keras_download_failure_is_a_data_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    import keras
+
+    def offline():
+        raise OSError("Name or service not known")
+
+    monkeypatch.delenv("FASHION_MNIST_DIR", raising=False)
+    monkeypatch.setattr(keras.datasets.fashion_mnist, "load_data", offline)
+    with pytest.raises(DataError) as err:
+        load_fashion_mnist()
+    assert str(err.value).startswith(
+        "Fashion-MNIST: Keras' fashion_mnist.load_data() failed (OSError: Name or service not known)"
+    )
+    assert "FASHION_MNIST_DIR" in str(err.value)
