@@ -352,3 +352,40 @@ def test_to_batch_rejects_empty_and_wrong_shapes():
         to_batch([])
     with pytest.raises(InvalidImage, match=r"item 1 has shape \(28, 28\)"):
         to_batch([np.zeros((28, 28, 1), np.float32), np.zeros((28, 28), np.float32)])
+
+
+@pytest.mark.filterwarnings("ignore::PIL.Image.DecompressionBombWarning")
+def test_mutated_files_only_raise_preprocess_errors():
+    """Bit flips, truncations and insertions in every format: a valid tensor or a PreprocessError."""
+    rng = np.random.default_rng(0)
+    shape = draw_shape(size=(60, 40))
+    seeds = [
+        encode(shape, "PNG"),
+        encode(shape, "JPEG", quality=80),
+        encode(shape, "GIF"),
+        encode(shape, "BMP"),
+        encode(shape, "WEBP", quality=80),
+        encode(shape.convert("P", palette=Image.Palette.ADAPTIVE), "PNG", transparency=0),
+    ]
+    outcomes = {"ok": 0, "error": 0}
+    for i in range(900):
+        data = bytearray(seeds[i % len(seeds)])
+        for _ in range(int(rng.integers(1, 6))):
+            pos = int(rng.integers(len(data)))
+            op = int(rng.integers(3))
+            if op == 0:
+                data[pos] = int(rng.integers(256))
+            elif op == 1:
+                data = data[: max(pos, 1)]
+            else:
+                data[pos:pos] = rng.integers(
+                    0, 256, int(rng.integers(1, 20)), dtype=np.uint8
+                ).tobytes()
+        try:
+            x = decode_image(bytes(data))
+        except PreprocessError:
+            outcomes["error"] += 1
+        else:
+            assert_model_input(x)
+            outcomes["ok"] += 1
+    assert outcomes["ok"] > 0 and outcomes["error"] > 0
