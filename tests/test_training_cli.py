@@ -324,3 +324,17 @@ def test_filter_on_a_file_and_a_test_image(fashion_mnist_dir: Path, tmp_path: Pa
         == 0
     )
     assert out2.is_file()
+
+
+def test_train_too_few_samples_for_a_validation_split(
+    fashion_mnist_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    args = ["train", "--data-dir", str(fashion_mnist_dir), "--export-dir", str(tmp_path / "m"),
+            "--max-train-samples", "3", "--no-progress"]  # fmt: skip
+    assert main(args) == 1
+    err = capsys.readouterr().err
+    assert (
+        "error: 3 training images leave none to train on after the validation split (fraction "
+        "0.1); use more samples or --validation-fraction 0\n"
+    ) in err
+    assert not (tmp_path / "m").exists()

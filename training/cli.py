@@ -381,12 +381,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         stream=sys.stderr,
     )
     from training.data import DataError
-    from training.errors import ExportError, ImageError
+    from training.errors import ExportError, ImageError, RecipeError
     from training.evaluate import ModelNotFoundError
 
     try:
         return COMMANDS[args.command](args)
-    except (CliError, DataError, ExportError, ModelNotFoundError, ImageError) as exc:
+    except (CliError, DataError, ExportError, ModelNotFoundError, ImageError, RecipeError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_ERROR
     except KeyboardInterrupt:

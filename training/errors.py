@@ -10,3 +10,7 @@ class ExportError(Exception):
 
 class ImageError(ValueError):
     """An input image cannot be read or decoded."""
+
+
+class RecipeError(ValueError):
+    """Training settings that cannot work (e.g. too few samples for a validation split)."""

@@ -25,6 +25,7 @@ from tqdm.auto import tqdm
 
 from serving.labels import IMAGE_SIZE, NUM_CLASSES
 from training.data import Dataset, split_validation
+from training.errors import RecipeError
 from training.model import build_model
 
 log = logging.getLogger(__name__)
@@ -177,7 +178,7 @@ def _learning_rate(
     if recipe.schedule == "constant":
         return recipe.learning_rate
     if recipe.schedule != "cosine":
-        raise ValueError(f"unknown schedule {recipe.schedule!r} (constant, cosine)")
+        raise RecipeError(f"unknown schedule {recipe.schedule!r} (constant, cosine)")
     total = max(1, recipe.epochs * steps_per_epoch)
     warmup = min(total - 1, int(recipe.warmup_epochs * steps_per_epoch))
     return keras.optimizers.schedules.CosineDecay(
@@ -196,7 +197,7 @@ def _optimizer(recipe: Recipe, steps_per_epoch: int) -> keras.optimizers.Optimiz
         return keras.optimizers.Adam(learning_rate=lr, **ema)
     if recipe.optimizer == "adamw":
         return keras.optimizers.AdamW(learning_rate=lr, weight_decay=recipe.weight_decay, **ema)
-    raise ValueError(f"unknown optimizer {recipe.optimizer!r} (adam, adamw)")
+    raise RecipeError(f"unknown optimizer {recipe.optimizer!r} (adam, adamw)")
 
 
 class _BestOnValidation(keras.callbacks.Callback):
@@ -283,7 +284,7 @@ def train(dataset: Dataset, recipe: Recipe | None = None, *, progress: bool = Tr
     x, y = dataset.x_train, dataset.y_train
     if recipe.max_train_samples is not None:
         if recipe.max_train_samples < 1:
-            raise ValueError(f"max_train_samples must be >= 1, got {recipe.max_train_samples}")
+            raise RecipeError(f"max_train_samples must be >= 1, got {recipe.max_train_samples}")
         rng = np.random.default_rng(recipe.seed)
         keep = np.sort(rng.permutation(len(x))[: recipe.max_train_samples])
         x, y = x[keep], y[keep]
@@ -291,6 +292,11 @@ def train(dataset: Dataset, recipe: Recipe | None = None, *, progress: bool = Tr
         x_tr, y_tr, x_val, y_val = split_validation(x, y, recipe.validation_fraction, recipe.seed)
     else:
         x_tr, y_tr, x_val, y_val = x, y, None, None
+    if len(x_tr) < 1 or (x_val is not None and len(x_val) >= len(x)):
+        raise RecipeError(
+            f"{len(x)} training images leave none to train on after the validation split "
+            f"(fraction {recipe.validation_fraction}); use more samples or --validation-fraction 0"
+        )
 
     steps = math.ceil(len(x_tr) / recipe.batch_size)
     model = build_model(seed=recipe.seed)
