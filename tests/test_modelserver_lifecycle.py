@@ -343,3 +343,31 @@ def test_invalid_config_file_exits_1_with_one_line(tmp_path):
     assert lines[-1].startswith(f"modelserver: {bad}:1:")
     assert "base_pth" in lines[-1]
     assert "Traceback" not in result.stderr
+
+
+def test_model_config_file_is_polled(tmp_path, model_src, images):
+    base = make_base(tmp_path, model_src, [1, 2])
+    config = tmp_path / "models.config"
+    template = (
+        'model_config_list {{ config {{ name: "{name}" base_path: "{base}" '
+        'model_platform: "tensorflow" model_version_policy {{ all {{}} }} '
+        'version_labels {{ key: "stable" value: {stable} }} }} }}\n'
+    )
+    config.write_text(template.format(name=MODEL_NAME, base=base, stable=1))
+    with start_modelserver(
+        None, f"--model_config_file={config}", "--model_config_file_poll_wait_seconds=1"
+    ) as server:
+        with grpc.insecure_channel(server.target) as ch:
+            stub = stub_for(ch)
+            request = predict_request(images[:1], label="stable")
+            assert stub.Predict(request, timeout=30).model_spec.version.value == 1
+            config.write_text(template.format(name=MODEL_NAME, base=base, stable=2))
+            deadline = time.monotonic() + 20
+            while stub.Predict(request, timeout=30).model_spec.version.value != 2:
+                assert time.monotonic() < deadline, "the edited config was never applied"
+                time.sleep(0.2)
+            # a broken edit is logged and ignored: the server keeps the last good config
+            config.write_text("model_config_list { config { nme: 1 } }\n")
+            time.sleep(2.5)
+            assert stub.Predict(request, timeout=30).model_spec.version.value == 2
+        assert "keeping the current config" in server.output()
