@@ -43,9 +43,10 @@ _MAX_MESSAGE = 64 * 1024 * 1024
 _CHANNEL_OPTIONS = (
     ("grpc.max_send_message_length", _MAX_MESSAGE),
     ("grpc.max_receive_message_length", _MAX_MESSAGE),
-    # Reconnect quickly after the model server restarts (gRPC's default starts at 1 s).
+    # Reconnect quickly after the model server restarts (gRPC's default starts at 1 s and grows
+    # to 120 s). Not grpc.min_reconnect_backoff_ms: gRPC core also uses it as the *connect
+    # timeout* (grpc/grpc#12830), and 100 ms fails handshakes on a busy machine.
     ("grpc.initial_reconnect_backoff_ms", 100),
-    ("grpc.min_reconnect_backoff_ms", 100),
     ("grpc.max_reconnect_backoff_ms", 2000),
     # Retries are ours (bounded, only on UNAVAILABLE); keep gRPC's transparent ones out.
     ("grpc.enable_retries", 0),
