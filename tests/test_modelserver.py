@@ -240,6 +240,10 @@ def test_rest_bad_json_is_400_and_server_keeps_serving(server, images):
     r = requests.post(f"{server.url}/v1/models/{MODEL_NAME}:predict", data=b"{nope", timeout=10)
     assert r.status_code == 400
     assert r.json()["error"].startswith("JSON Parse error:")
+    deep = b'{"instances": ' + b"[" * 5000 + b"]" * 5000 + b"}"
+    r = requests.post(f"{server.url}/v1/models/{MODEL_NAME}:predict", data=deep, timeout=10)
+    assert r.status_code == 400
+    assert r.json() == {"error": "JSON Parse error: nested too deeply"}
     r = requests.post(
         f"{server.url}/v1/models/{MODEL_NAME}:predict",
         data=json.dumps({"instances": [[["x"] * 28] * 28]}),

@@ -194,6 +194,8 @@ def parse_predict_json(body: bytes, signature_for: Any) -> tuple[str, dict[str, 
         doc = json.loads(body)
     except (ValueError, UnicodeDecodeError) as exc:
         raise InvalidInput(f"JSON Parse error: {exc}") from None
+    except RecursionError:
+        raise InvalidInput("JSON Parse error: nested too deeply") from None
     if not isinstance(doc, dict):
         raise InvalidInput(f"JSON Value: {_json_error_value(doc)} Is not object")
     signature_name = doc.get("signature_name", "")
