@@ -182,6 +182,7 @@ def test_no_tensorflow_runtime_is_imported():
     assert out.stdout.strip() == "[]"
 
 
+@pytest.mark.slow  # imports the TensorFlow runtime in a subprocess (~8-15 s)
 def test_tensorflow_still_imports_after_the_protos(tmp_path):
     # Protos first (placeholder package), then the real runtime in the same process.
     code = (
