@@ -37,6 +37,7 @@ from serving.preprocess import decode_image, to_batch
 log = logging.getLogger("bench_preprocess")
 
 QUALITY_BAR = 3.0  # percentage points below the raw accuracy
+REFERENCE_IMAGES = Path(__file__).resolve().parents[1] / "tests" / "support" / "images"
 BACKGROUND = 255  # product photos: white background
 
 
@@ -155,7 +156,25 @@ def run(model_dir: Path, limit: int, timing_images: int, repeat: int) -> dict:
             "mean_bytes": float(np.mean([len(f) for f in files])),
         }
         log.info("%s: accuracy %.2f%% (raw %.2f%%), %.0f us/image", name, acc, raw_acc, us)
+    results["reference_images"] = _reference_images(fn)
     return results
+
+
+def _reference_images(fn) -> list[dict]:
+    """Predictions for the synthetic drawings in tests/support/images (named after their class)."""
+    import tensorflow as tf
+
+    from serving.labels import CLASS_NAMES
+
+    paths = sorted(REFERENCE_IMAGES.glob("*.png"))
+    if not paths:
+        return []
+    batch = to_batch([decode_image(p.read_bytes()) for p in paths])
+    probs = fn(images=tf.constant(batch))["probabilities"].numpy()
+    return [
+        {"file": p.name, "label": CLASS_NAMES[int(row.argmax())], "confidence": float(row.max())}
+        for p, row in zip(paths, probs, strict=True)
+    ]
 
 
 def markdown(results: dict) -> str:
@@ -172,6 +191,12 @@ def markdown(results: dict) -> str:
             f"| `{name}` | {r['description']} | {r['accuracy']:.2f}% | {r['delta']:+.2f} | "
             f"{r['decode_us']:.0f} |"
         )
+    if results.get("reference_images"):
+        lines += ["", "| reference image | predicted | confidence |", "| --- | --- | ---: |"]
+        lines += [
+            f"| `{r['file']}` | {r['label']} | {r['confidence']:.3f} |"
+            for r in results["reference_images"]
+        ]
     return "\n".join(lines)
 
 

@@ -42,7 +42,9 @@ def test_benchmark_runs_and_png_is_lossless(
     ]
     assert code == (1 if misses else 0)
     table = capsys.readouterr().out
-    assert table.count("\n| `") == len(bench_preprocess.ALTERATIONS)
+    refs = results["reference_images"]
+    assert [r["file"] for r in refs] == ["ankle_boot.png", "bag.png", "trouser.png", "tshirt.png"]
+    assert table.count("\n| `") == len(bench_preprocess.ALTERATIONS) + len(refs)
 
 
 def test_benchmark_rejects_a_missing_model(tmp_path, capsys):
