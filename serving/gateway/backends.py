@@ -101,6 +101,7 @@ class EmbeddedBackend:
         from serving.savedmodel import ModelManager, VersionPolicy
 
         self.config = config
+        _configure_tensorflow_threads(config)
         policy = (
             VersionPolicy.specific([config.model_version])
             if config.model_version is not None
@@ -194,6 +195,17 @@ class EmbeddedBackend:
         """Stop the batcher and the version poller; unload the model."""
         self.batcher.close(timeout=5.0)
         self.manager.close()
+
+
+def _configure_tensorflow_threads(config: GatewayConfig) -> None:
+    """Size TensorFlow's thread pools (possible only before TF runs its first op)."""
+    import tensorflow as tf
+
+    try:
+        tf.config.threading.set_intra_op_parallelism_threads(config.tf_intra_op_threads)
+        tf.config.threading.set_inter_op_parallelism_threads(config.tf_inter_op_threads)
+    except RuntimeError as exc:  # TF already initialised in this process (tests, notebooks)
+        log.info("TensorFlow thread pools left as they are: %s", exc)
 
 
 def make_backend(config: GatewayConfig) -> Backend:

@@ -77,6 +77,10 @@ class GatewayConfig:
     batch_max_size: int = 64
     batch_timeout_ms: float = 2.0
     model_poll_seconds: float = 2.0
+    # TensorFlow thread pools of each worker (0 = TensorFlow's default, one per core). With
+    # several gunicorn workers on few cores, 1 avoids oversubscription and spinning threads.
+    tf_intra_op_threads: int = 1
+    tf_inter_op_threads: int = 1
     # Readiness probe cache and the Retry-After sent with 503 answers.
     ready_cache_seconds: float = 1.0
     retry_after_seconds: int = 1
@@ -185,6 +189,8 @@ class GatewayConfig:
             "graceful_timeout_seconds",
             "keepalive_seconds",
             "batch_timeout_ms",
+            "tf_intra_op_threads",
+            "tf_inter_op_threads",
             "ready_cache_seconds",
             "retry_after_seconds",
         )
