@@ -114,6 +114,8 @@ def test_metrics_json_beside_the_export(exported_model: Path, dataset) -> None:
         )
     assert metrics["recipe"]["max_train_samples"] == 3000
     assert metrics["training"]["epochs_run"] == 1
+    assert metrics["training"]["seconds"] > 0 and metrics["training"]["cpu_seconds"] > 0
+    assert len(metrics["training"]["load_average"]) == 2
     # The report describes the exported artefact: re-evaluating it gives the same numbers.
     again = evaluate_export(exported_model, dataset)
     assert again["confusion_matrix"] == metrics["confusion_matrix"]

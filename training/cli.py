@@ -231,8 +231,9 @@ def cmd_train(args: argparse.Namespace) -> int:
     )  # fmt: skip
     print(format_table(result.metrics))
     print(
-        f"trained {result.epochs_run} epochs in {result.seconds:.0f} s (best epoch "
-        f"{result.best_epoch}); exported to {result.export_path}"
+        f"trained {result.epochs_run} epochs in {result.seconds:.0f} s ({result.cpu_seconds:.0f} "
+        f"CPU s, load average {result.load_average[0]:.1f} -> {result.load_average[1]:.1f}; best "
+        f"epoch {result.best_epoch}); exported to {result.export_path}"
     )
     return 0
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import os
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -55,6 +56,9 @@ def run_training(
                 "recipe": dataclasses.asdict(result.recipe),
                 "training": {
                     "seconds": round(result.seconds, 1),
+                    "cpu_seconds": round(result.cpu_seconds, 1),
+                    "load_average": [round(v, 2) for v in result.load_average],
+                    "cpu_count": os.cpu_count(),
                     "epochs_run": result.epochs_run,
                     "best_epoch": result.best_epoch,
                     "history": result.history,

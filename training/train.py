@@ -13,6 +13,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import math
+import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -97,7 +98,9 @@ class TrainResult:
     history: dict[str, list[float]]
     best_epoch: int
     epochs_run: int
-    seconds: float
+    seconds: float  # wall time of fit()
+    cpu_seconds: float  # CPU time of this process during fit() (all threads)
+    load_average: tuple[float, float]  # 1-minute load average before and after fit()
     metrics: dict[str, Any] = field(default_factory=dict)
     export_path: Path | None = None
 
@@ -317,7 +320,7 @@ def train(dataset: Dataset, recipe: Recipe | None = None, *, progress: bool = Tr
         "training on %d images (%d validation), %d epochs of %d steps", len(x_tr),
         0 if x_val is None else len(x_val), recipe.epochs, steps,
     )  # fmt: skip
-    start = time.perf_counter()
+    start, cpu_start, load_start = time.perf_counter(), time.process_time(), os.getloadavg()[0]
     hist = model.fit(
         make_dataset(x_tr, y_tr, recipe, training=True),
         validation_data=val_ds,
@@ -327,10 +330,14 @@ def train(dataset: Dataset, recipe: Recipe | None = None, *, progress: bool = Tr
         shuffle=False,  # the tf.data pipeline shuffles (seeded)
     )
     seconds = time.perf_counter() - start
+    cpu_seconds = time.process_time() - cpu_start
+    load = (load_start, os.getloadavg()[0])
     epochs_run = len(hist.history.get("loss", []))
     best_epoch = epochs_run - 1
     if best.best_weights is not None:
         model.set_weights(best.best_weights)
         best_epoch = best.best_epoch
     history = {k: [float(v) for v in vals] for k, vals in hist.history.items()}
-    return TrainResult(model, recipe, history, best_epoch + 1, epochs_run, seconds)
+    return TrainResult(
+        model, recipe, history, best_epoch + 1, epochs_run, seconds, cpu_seconds, load
+    )
