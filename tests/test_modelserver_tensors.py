@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 import numpy as np
 import pytest
@@ -20,87 +21,41 @@ def signature_for(name: str) -> Signature:
     return SIG
 
 
-def general(body: bytes, monkeypatch: pytest.MonkeyPatch):
-    with monkeypatch.context() as m:
-        m.setattr(T, "_parse_numeric_body", lambda body, fn: None)
-        return T.parse_predict_json(body, signature_for)
-
-
-X = np.arange(12, dtype=np.float32).reshape(2, 2, 3, 1) / 7 - 0.5
-
-
 @pytest.mark.parametrize(
-    "body",
+    ("body", "message"),
     [
-        json.dumps({"instances": X.tolist()}).encode(),
-        json.dumps({"inputs": X.tolist()}).encode(),
-        json.dumps({"signature_name": "serving_default", "instances": X[:1].tolist()}).encode(),
-        b'{"instances": [[[[1e-3],[2E+2],[-0]],[[0.5],[-1.25e-5],[3]]]]}',
-        b' \n{ "instances" :[[[[1], [2], [3]], [[4], [5], [6]]]] } \n',
-        json.dumps({"instances": X.tolist()}, separators=(",", ":")).encode(),
+        (b"", "JSON Parse error: The document is empty"),
+        (b'{"instances": [[[[1],[2],[3]],[[4],[5]]]]}', "nested lists are ragged"),
+        (b'{"instances": [[[["a"],[2],[3]],[[4],[5],[6]]]]}', "JSON values must all be numbers"),
+        (
+            b'{"instances": [[[[2],[true],[3]],[[4],[5],[6]]]]}',
+            "JSON Value: true Type: True is not of expected type: float",
+        ),
+        (b'{"instances": [[[[1e39],[2],[3]],[[4],[5],[6]]]]}', "without loss of precision"),
+        (b'{"signature_name": 1, "instances": [1]}', "'signature_name' key must be a string"),
+        (b'{"signature_name": "nope", "instances": [1]}', '"nope" not found'),
+        (b'{"inputs": {"other": [1]}}', "Missing named input: images in 'inputs' object."),
     ],
 )
-def test_fast_path_equals_general_path(body, monkeypatch):
-    fast = T._parse_numeric_body(body, signature_for)
-    assert fast is not None, "the fast path should take this body"
-    name, inputs, fmt = general(body, monkeypatch)
-    assert fast[0] == name and fast[2] == fmt
-    assert fast[1]["images"].dtype == np.float32
-    np.testing.assert_array_equal(fast[1]["images"], inputs["images"])
-
-
-@pytest.mark.parametrize(
-    "body",
-    [
-        b'{"instances": [[[[1 2],[2],[3]],[[4],[5],[6]]]]}',  # "1 2" is not 12
-        b'{"instances": [[[[+1],[2],[3]],[[4],[5],[6]]]]}',
-        b'{"instances": [[[[.5],[2],[3]],[[4],[5],[6]]]]}',
-        b'{"instances": [[[[1.],[2],[3]],[[4],[5],[6]]]]}',
-        b'{"instances": [[[[01],[2],[3]],[[4],[5],[6]]]]}',
-        b'{"instances": [[[[e5],[2],[3]],[[4],[5],[6]]]]}',
-        b'{"instances": [[[[1e],[2],[3]],[[4],[5],[6]]]]}',
-        b'{"instances": [[[[--1],[2],[3]],[[4],[5],[6]]]]}',
-        b'{"instances": [[[[],[2],[3]],[[4],[5],[6]]]]}',
-        b'{"instances": [[[[1,],[2],[3]],[[4],[5],[6]]]]}',
-        b'{"instances": [[[[1],[2],[3]],[[4],[5]]]]}',  # ragged
-        b'{"instances": [[[[1e39],[2],[3]],[[4],[5],[6]]]]}',  # too large for float32
-        b'{"instances": [[[[1],[2],[3]],[[4],[5],[6]]]], "instances": []}',
-        b'{"instances": [], "x": [1]}',
-        b'{"instances": []}',
-        b'{"instances": [[[[1.5.5],[2],[3]],[[4],[5],[6]]]]}',
-        b'{"instances": [[[[-],[2],[3]],[[4],[5],[6]]]]}',
-        b'{"instances": [[[[1e5e5],[2],[3]],[[4],[5],[6]]]]}',
-        b'{"instances": [[[[1-2],[2],[3]],[[4],[5],[6]]]]}',
-    ],
-)
-def test_fast_path_declines_what_json_or_the_shape_rejects(body, monkeypatch):
-    assert T._parse_numeric_body(body, signature_for) is None
-    with pytest.raises(InvalidInput):
-        general(body, monkeypatch)
-
-
-@pytest.mark.parametrize(
-    "body",
-    [
-        json.dumps({"instances": X.tolist()}, indent=2).encode(),
-        b'{"instances": [ [ [ [0.5] , [1] , [2] ] , [ [3] , [4] , [5] ] ] ]}',
-    ],
-)
-def test_other_whitespace_takes_the_general_path(body, monkeypatch):
-    assert T._parse_numeric_body(body, signature_for) is None
-    assert general(body, monkeypatch)[1]["images"].shape in ((2, 2, 3, 1), (1, 2, 3, 1))
-
-
-def test_fast_path_declines_other_shapes(monkeypatch):
-    body = b'{"instances": [[[1],[2],[3]],[[4],[5],[6]]]}'  # rank 3: check_inputs rejects it
-    assert T._parse_numeric_body(body, signature_for) is None
-    assert general(body, monkeypatch)[1]["images"].shape == (2, 3, 1)
-
-
-def test_fast_path_unknown_signature_is_the_same_error():
-    body = b'{"signature_name": "nope", "instances": [[[[1],[2],[3]],[[4],[5],[6]]]]}'
-    with pytest.raises(InvalidInput, match='"nope" not found'):
+def test_bad_predict_bodies(body, message):
+    with pytest.raises(InvalidInput, match=re.escape(message)):
         T.parse_predict_json(body, signature_for)
+
+
+def test_row_and_columnar_bodies_parse_to_the_same_array():
+    X = np.arange(12, dtype=np.float32).reshape(2, 2, 3, 1) / 7 - 0.5
+    for body, fmt in (
+        (json.dumps({"instances": X.tolist()}), "row"),
+        (json.dumps({"inputs": X.tolist()}), "columnar"),
+        (
+            json.dumps({"signature_name": "serving_default", "inputs": {"images": X.tolist()}}),
+            "columnar",
+        ),
+    ):
+        _, inputs, got_fmt = T.parse_predict_json(body.encode(), signature_for)
+        assert got_fmt == fmt
+        assert inputs["images"].dtype == np.float32
+        np.testing.assert_array_equal(inputs["images"], X)
 
 
 def test_tensor_proto_round_trip_and_typed_fields():

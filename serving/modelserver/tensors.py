@@ -16,8 +16,6 @@ from __future__ import annotations
 import base64
 import json
 import math
-import re
-import warnings
 from collections.abc import Mapping
 from typing import Any
 
@@ -135,8 +133,27 @@ def _decode_strings(value: Any, key: str) -> Any:
     )
 
 
-def json_value_to_ndarray(value: Any, spec: TensorSpec) -> np.ndarray:
-    """Convert a nested JSON list to an array of the spec's dtype, with TF Serving's checks."""
+_TF_TYPE_NAMES = {"float32": "float", "float64": "double", "float16": "half", "object": "string"}
+
+
+def _find_bool(value: Any) -> bool | None:
+    """The first JSON true/false in a nested list, or None."""
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, list):
+        for v in value:
+            found = _find_bool(v)
+            if found is not None:
+                return found
+    return None
+
+
+def json_value_to_ndarray(value: Any, spec: TensorSpec, may_hold_bools: bool = True) -> np.ndarray:
+    """Convert a nested JSON list to an array of the spec's dtype, with TF Serving's checks.
+
+    NumPy silently reads ``true`` as 1 next to numbers, so unless ``may_hold_bools`` is false
+    (the body has no ``true``/``false`` token) the values are searched for booleans first.
+    """
     if spec.dtype.kind == "O":
         decoded = _decode_strings(value, spec.key)
         arr = np.empty(_shape_of(decoded), dtype=object)
@@ -145,6 +162,13 @@ def json_value_to_ndarray(value: Any, spec: TensorSpec) -> np.ndarray:
         except ValueError:
             raise InvalidInput(f"input '{spec.key}': nested lists are ragged") from None
         return arr
+    if may_hold_bools and spec.dtype.kind != "b":
+        found = _find_bool(value)
+        if found is not None:
+            tf_name = _TF_TYPE_NAMES.get(spec.dtype.name, spec.dtype.name)
+            raise InvalidInput(
+                f"JSON Value: {str(found).lower()} Type: {found} is not of expected type: {tf_name}"
+            )
     try:
         arr = np.asarray(value)
     except ValueError:
@@ -192,9 +216,6 @@ def parse_predict_json(body: bytes, signature_for: Any) -> tuple[str, dict[str, 
     """
     if not body:
         raise InvalidInput("JSON Parse error: The document is empty")
-    fast = _parse_numeric_body(body, signature_for)
-    if fast is not None:
-        return fast
     try:
         doc = json.loads(body)
     except (ValueError, UnicodeDecodeError) as exc:
@@ -215,96 +236,15 @@ def parse_predict_json(body: bytes, signature_for: Any) -> tuple[str, dict[str, 
         raise InvalidInput(
             "Not formatted correctly expecting only one of 'inputs' or 'instances' keys to exist"
         )
+    bools = b"true" in body or b"false" in body
     if has_instances:
-        return signature_name, _from_instances(doc["instances"], sig), "row"
+        return signature_name, _from_instances(doc["instances"], sig, bools), "row"
     if has_inputs:
-        return signature_name, _from_inputs(doc["inputs"], sig), "columnar"
+        return signature_name, _from_inputs(doc["inputs"], sig, bools), "columnar"
     raise InvalidInput("Missing 'inputs' or 'instances' key")
 
 
-# {"signature_name": "...", "instances" | "inputs": <array>} with nothing else around the array
-_BODY_RE = re.compile(
-    rb'\s*\{\s*(?:"signature_name"\s*:\s*"([A-Za-z0-9_./-]*)"\s*,\s*)?'
-    rb'"(instances|inputs)"\s*:\s*(\[.*\])\s*\}\s*',
-    re.DOTALL,
-)
-_NUMERIC_ARRAY_RE = re.compile(rb"[\[\],0-9eE+\-. ]*")
-_DIGITS_TO_0_OR_1 = bytes.maketrans(b"23456789", b"11111111")
-# With every digit written 0 or 1: what NumPy's number parser reads but JSON forbids ("+1",
-# ".5", "-.5", "01", "1.", "1.e5", "e5", "--1", ...). Checked with C-speed substring search.
-_TOKEN_STARTS = (b"+", b".", b"-.", b"e", b"E", b"00", b"01", b"-00", b"-01", b"--", b"-e", b"-E")
-_NOT_JSON = (
-    *(p + q for p in (b"[", b",") for q in _TOKEN_STARTS),
-    *(b".,", b".]", b".e", b".E", b"e,", b"E,", b"e]", b"E]", b"+,", b"-,", b"+]", b"-]"),
-)
-_NUMBER_CHARS = b"01eE+-."
-
-
-def _skeleton(shape: tuple[int, ...]) -> bytes:
-    """The whitespace-free JSON of a nested list of this shape with the numbers left out."""
-    text = b""
-    for dim in reversed(shape):
-        text = b"[" + b",".join([text] * dim) + b"]"
-    return text
-
-
-def _parse_numeric_body(
-    body: bytes, signature_for: Any
-) -> tuple[str, dict[str, np.ndarray], str] | None:
-    """Fast path for the common request: one float input as a plain nested list of numbers.
-
-    Parsing ~50,000 numbers with ``json.loads`` and ``np.asarray`` costs several times the
-    model call at batch 64, so a body of exactly that form is checked and parsed with C-level
-    routines instead: the array may hold only JSON numbers, brackets, commas and spaces after
-    commas; no token may be one NumPy reads but JSON forbids; the bracket structure must be exactly
-    that of a regular array of the signature's shape; and every number must parse. Anything
-    else returns None and takes the general ``json`` path (which also words the errors), so
-    both paths accept and reject the same bodies.
-    """
-    m = _BODY_RE.fullmatch(body)
-    if m is None:
-        return None
-    sig_bytes, key, array = m.groups()
-    signature_name = (sig_bytes or b"").decode()
-    sig: Signature = signature_for(signature_name)
-    if len(sig.inputs) != 1:
-        return None
-    spec = next(iter(sig.inputs.values()))
-    if spec.dtype.kind != "f" or spec.shape is None or any(d is None for d in spec.shape[1:]):
-        return None
-    # whitespace only right after commas (json.dumps' default); anything else: general path
-    compact = array.replace(b", ", b",")
-    if not _NUMERIC_ARRAY_RE.fullmatch(compact) or b" " in compact:
-        return None
-    normal = compact.translate(_DIGITS_TO_0_OR_1)
-    if any(p in normal for p in _NOT_JSON):
-        return None
-    row_shape = tuple(int(d) for d in spec.shape[1:])  # type: ignore[arg-type]
-    row_skeleton = _skeleton(row_shape)
-    skeleton = normal.translate(None, _NUMBER_CHARS)
-    brackets_per_row = row_skeleton.count(b"[")
-    rows, rest = divmod(skeleton.count(b"[") - 1, brackets_per_row) if brackets_per_row else (0, 1)
-    if rows < 1 or rest or skeleton != b"[" + b",".join([row_skeleton] * rows) + b"]":
-        return None
-    count = rows * math.prod(row_shape)
-    try:
-        with warnings.catch_warnings():
-            # NumPy < 2.3 warns and returns what it read so far; newer versions raise
-            warnings.simplefilter("ignore", DeprecationWarning)
-            values = np.fromstring(compact.translate(None, b"[]"), dtype=np.float64, sep=",")
-    except ValueError:
-        return None
-    if values.size != count or not np.isfinite(values).all():
-        return None  # let the general path report it (e.g. an empty slot, a huge value)
-    with np.errstate(over="ignore"):
-        arr = values.astype(spec.dtype).reshape((rows, *row_shape))
-    if not np.isfinite(arr).all():
-        return None
-    fmt = "row" if key == b"instances" else "columnar"
-    return signature_name, {spec.key: arr}, fmt
-
-
-def _from_instances(instances: Any, sig: Signature) -> dict[str, np.ndarray]:
+def _from_instances(instances: Any, sig: Signature, bools: bool = True) -> dict[str, np.ndarray]:
     if not isinstance(instances, list):
         raise InvalidInput("Excepting 'instances' to be an list/array")
     if not instances:
@@ -317,7 +257,7 @@ def _from_instances(instances: Any, sig: Signature) -> dict[str, np.ndarray]:
                 "instances is a plain list, but expecting list of objects as multiple "
                 "input tensors required as per tensorinfo_map"
             )
-        return {names[0]: json_value_to_ndarray(instances, sig.inputs[names[0]])}
+        return {names[0]: json_value_to_ndarray(instances, sig.inputs[names[0]], bools)}
     columns: dict[str, list[Any]] = {n: [] for n in names}
     for i, item in enumerate(instances):
         if not isinstance(item, dict) or _b64(item):
@@ -329,10 +269,10 @@ def _from_instances(instances: Any, sig: Signature) -> dict[str, np.ndarray]:
             )
         for n in names:
             columns[n].append(item[n])
-    return {n: json_value_to_ndarray(columns[n], sig.inputs[n]) for n in names}
+    return {n: json_value_to_ndarray(columns[n], sig.inputs[n], bools) for n in names}
 
 
-def _from_inputs(inputs: Any, sig: Signature) -> dict[str, np.ndarray]:
+def _from_inputs(inputs: Any, sig: Signature, bools: bool = True) -> dict[str, np.ndarray]:
     names = sorted(sig.inputs)
     if not isinstance(inputs, dict) or _b64(inputs):
         if len(names) > 1:
@@ -340,12 +280,12 @@ def _from_inputs(inputs: Any, sig: Signature) -> dict[str, np.ndarray]:
                 "inputs is a plain value/list, but expecting an object as multiple input "
                 "tensors required as per tensorinfo_map"
             )
-        return {names[0]: json_value_to_ndarray(inputs, sig.inputs[names[0]])}
+        return {names[0]: json_value_to_ndarray(inputs, sig.inputs[names[0]], bools)}
     out = {}
     for n in names:
         if n not in inputs:
             raise InvalidInput(f"Missing named input: {n} in 'inputs' object.")
-        out[n] = json_value_to_ndarray(inputs[n], sig.inputs[n])
+        out[n] = json_value_to_ndarray(inputs[n], sig.inputs[n], bools)
     return out
 
 
