@@ -24,7 +24,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from serving.gateway import create_app
 from serving.gateway.config import GatewayConfig
 from serving.labels import CLASS_NAMES
-from serving.preprocess import InvalidImage, array_to_input, decode_image
+from serving.preprocess import ImageTooLarge, InvalidImage, array_to_input, decode_image
 from serving.tfserving import VersionStatus
 from serving.tfserving.errors import (
     BackendError,
@@ -293,13 +293,21 @@ def test_multipart_body_over_the_limit_is_413(client):
 
 
 def test_image_over_the_pixel_guard_is_413(backend):
+    with pytest.raises(ImageTooLarge) as info:
+        decode_image(_png("bag"), max_pixels=1000)
     client = create_app(_config(max_pixels=1000), backend=backend).test_client()
     resp = client.post("/v1/predict", data=_png("bag"), content_type="image/png")
     assert resp.status_code == 413
-    body = resp.get_json()
-    assert body["error"]["code"] == "image_too_large"
-    assert "1000" in body["error"]["message"]
+    assert resp.get_json() == _error("image_too_large", str(info.value))
+    assert "1000" in str(info.value)
     assert backend.calls == []
+
+
+def test_deeply_nested_json_is_400_not_500(client):
+    body = b'{"instances": ' + b"[" * 50_000 + b"]" * 50_000 + b"}"
+    resp = client.post("/v1/predict", data=body, content_type="application/json")
+    assert resp.status_code == 400
+    assert resp.get_json() == _error("invalid_json", "request body is nested too deeply")
 
 
 @pytest.mark.parametrize("content_type", ["text/plain", "image/tiff", None])

@@ -292,6 +292,32 @@ def test_new_version_takes_over_without_failures(gateways, test_pngs, request, k
     assert {"version": new, "state": "AVAILABLE", "error": ""} in models["versions"]
 
 
+def test_pinned_versions(gateways, ms_base, ms_ports, test_pngs):
+    """GATEWAY_MODEL_VERSION: the served version answers; a version not served is not ready."""
+    _, pngs = test_pngs
+    served = max(int(p.name) for p in ms_base.iterdir() if p.name.isdigit())  # after the swap
+    post = dict(data=pngs[0], headers={"Content-Type": "image/png"}, timeout=30)
+    pinned = {**_remote_env(f"grpc://127.0.0.1:{ms_ports[0]}"), "GATEWAY_WORKERS": "1"}
+    with start_gateway({**pinned, "GATEWAY_MODEL_VERSION": str(served)}) as gw:
+        r = requests.post(f"{gw.url}/v1/predict", **post)
+        assert r.status_code == 200, r.text
+        assert r.json()["model_version"] == served
+        assert requests.get(f"{gw.url}/v1/models", timeout=10).json()["pinned_version"] == served
+    with start_gateway({**pinned, "GATEWAY_MODEL_VERSION": "99"}, wait=False) as gw:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                r = requests.get(f"{gw.url}/readyz", timeout=5)
+                break
+            except requests.ConnectionError:
+                assert time.monotonic() < deadline, gw.output()
+                time.sleep(0.2)
+        assert r.status_code == 503 and r.json()["error"]["code"] == "not_ready"
+        r = requests.post(f"{gw.url}/v1/predict", **post)
+        assert r.status_code == 503
+        assert r.json()["error"]["code"] == "model_not_ready"
+
+
 # -- backend outage -------------------------------------------------------------------------------
 def test_modelserver_down_then_back(gateways, modelserver, ms_base, ms_ports, test_pngs):
     gw = gateways["grpc"]

@@ -207,6 +207,8 @@ def _parse_json(body: bytes, cfg: GatewayConfig) -> list[np.ndarray]:
         doc = json.loads(body)
     except (ValueError, UnicodeDecodeError) as exc:
         raise errors.bad_request(f"request body is not valid JSON: {exc}", "invalid_json") from None
+    except RecursionError:
+        raise errors.bad_request("request body is nested too deeply", "invalid_json") from None
     if not isinstance(doc, dict) or not isinstance(doc.get("instances"), list):
         raise errors.bad_request(
             'JSON body must be an object with an "instances" list', "invalid_json"
