@@ -207,3 +207,31 @@ def test_label_pinning(labelled_server, test_batch, protocol):
     with cls(target, label="nope") as client, pytest.raises(ModelNotFound) as info:
         client.predict(batch)
     assert "Unrecognized servable version label: nope" in str(info.value)
+
+
+@pytest.fixture(scope="module")
+def gateway_process(server):
+    """The real gateway (``python -m serving.gateway`` under gunicorn) on the model server's gRPC."""
+    from tests.support.gateway import start_gateway
+
+    with start_gateway(
+        {"GATEWAY_BACKEND": f"grpc://{server.target}", "GATEWAY_WORKERS": "1"}
+    ) as gw:
+        yield gw
+
+
+def test_gateway_client_and_cli_through_the_whole_stack(gateway_process, server):
+    from client import GatewayClient
+
+    with GatewayClient(gateway_process.url) as gw, TFServingClient(server.target) as direct:
+        via_gateway, via_grpc = gw.predict(IMAGES), direct.predict(IMAGES)
+        assert gw.ready() is True
+    assert [p.label for p in via_gateway] == [p.label for p in via_grpc]
+    for a, b in zip(via_gateway, via_grpc, strict=True):
+        assert a.model_version == b.model_version == 1
+        assert a.probabilities == pytest.approx(b.probabilities, abs=1e-5)  # 6 decimals on the wire
+
+    proc = run_cli("predict", *IMAGES, "--gateway", gateway_process.url, "--json")
+    assert proc.returncode == 0, proc.stderr
+    doc = json.loads(proc.stdout)
+    assert [p["label"] for p in doc["predictions"]] == [p.label for p in via_grpc]
