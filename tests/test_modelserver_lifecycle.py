@@ -371,3 +371,26 @@ def test_model_config_file_is_polled(tmp_path, model_src, images):
             time.sleep(2.5)
             assert stub.Predict(request, timeout=30).model_spec.version.value == 2
         assert "keeping the current config" in server.output()
+
+
+def test_port_in_use_exits_1_with_one_line(model_src):
+    import socket
+
+    with socket.socket() as taken:
+        taken.bind(("0.0.0.0", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        result = run_cli(
+            f"--port={port}",
+            "--rest_api_port=0",
+            f"--model_name={MODEL_NAME}",
+            f"--model_base_path={model_src}",
+            "--log_level=ERROR",
+        )
+    assert result.returncode == 1
+    assert "Traceback" not in result.stderr
+    last = result.stderr.strip().splitlines()[-1]
+    assert (
+        last
+        == f"modelserver: cannot start: cannot bind the gRPC port 0.0.0.0:{port}: address in use?"
+    )

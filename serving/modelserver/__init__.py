@@ -38,8 +38,14 @@ padding (accepted in batching.config, not applied), TLS, ``--grpc_channel_argume
 ``tf.saved_model.load``, adequate for this small model on a developer machine, not a
 replacement for the real server in production.
 
-Extensions: ``--model_base_path`` together with ``--model_config_file`` replaces the base path
-of a single-model config (so the container's ``models.config`` works outside a container);
-``--grpc_max_threads``, ``--shutdown_grace_seconds``, ``--log_level``; the
-``:convserve:modelserver:batch_size`` histogram shows how requests were batched.
+Differences and extensions: ``--model_base_path`` together with ``--model_config_file``
+replaces the base path of a single-model config, so the container's ``models.config`` works
+outside a container (tensorflow_model_server ignores it there); ``--model_name`` with
+``--model_config_file`` is refused (exit 2) instead of ignored; ``--rest_api_port`` defaults to
+8501 as in the ``tensorflow/serving`` image (the binary's default is 0, off); unknown
+non-``/v1/`` REST paths answer a JSON 404; a request body without ``Content-Length`` (chunked)
+is read as empty; ``--rest_api_timeout_in_ms`` bounds only the wait in the batching queue
+(a running model call is not interrupted). Extra flags: ``--grpc_max_threads``,
+``--shutdown_grace_seconds``, ``--log_level``; the ``:convserve:modelserver:batch_size``
+histogram shows how requests were batched.
 """

@@ -181,9 +181,12 @@ def create_grpc_server(
         PredictionService(core, metrics), server
     )
     model_service_pb2_grpc.add_ModelServiceServicer_to_server(ModelService(core, metrics), server)
-    port = server.add_insecure_port(address)
+    try:
+        port = server.add_insecure_port(address)
+    except RuntimeError as exc:  # grpc raises RuntimeError("Failed to bind ...")
+        raise OSError(f"cannot bind the gRPC port {address}: address in use?") from exc
     if port == 0:
-        raise OSError(f"cannot bind the gRPC port on {address}")
+        raise OSError(f"cannot bind the gRPC port {address}")
     return server, port
 
 
