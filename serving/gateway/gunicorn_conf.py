@@ -15,6 +15,8 @@ Choices that are not obvious:
 - Metrics: ``on_starting`` points ``PROMETHEUS_MULTIPROC_DIR`` at a fresh temporary directory
   (or empties the one given) before any worker starts; ``child_exit`` marks dead workers;
   ``on_exit`` removes the directory it created.
+- ``worker_exit`` closes the worker's backend after gunicorn has drained its requests
+  (``graceful_timeout``) on SIGTERM.
 
 This module must not import Flask or prometheus-client at import time (it runs in the master).
 """
@@ -87,6 +89,14 @@ def child_exit(server: Any, worker: Any) -> None:
     from prometheus_client import multiprocess
 
     multiprocess.mark_process_dead(worker.pid)
+
+
+def worker_exit(server: Any, worker: Any) -> None:
+    """In the worker, after it stopped serving: close the backend (channel, batcher, model)."""
+    app = getattr(worker, "wsgi", None)
+    state = getattr(app, "extensions", {}).get("gateway")
+    if state is not None:
+        state.close()
 
 
 def on_exit(server: Any) -> None:
