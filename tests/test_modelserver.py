@@ -132,6 +132,15 @@ def test_rest_predict_row_format_matches_savedmodel(server, images, reference):
         assert p["class_names"] == CLASS_NAMES[p["class_ids"]]
 
 
+def test_rest_predict_accepts_a_chunked_body(server, images, reference):
+    body = json.dumps({"instances": images.tolist()}).encode()
+    chunks = (body[i : i + 4096] for i in range(0, len(body), 4096))  # a generator: chunked
+    r = requests.post(f"{server.url}/v1/models/{MODEL_NAME}:predict", data=chunks, timeout=30)
+    assert r.status_code == 200, r.text
+    probabilities = [p["probabilities"] for p in r.json()["predictions"]]
+    np.testing.assert_array_equal(np.float32(probabilities), reference["probabilities"])
+
+
 def test_rest_predict_columnar_format_and_version_path(server, images, reference):
     r = requests.post(
         f"{server.url}/v1/models/{MODEL_NAME}/versions/1:predict",

@@ -167,7 +167,30 @@ class _Handler(BaseHTTPRequestHandler):
         finally:
             self.server.end_request()
 
+    def _read_chunked(self) -> bytes:
+        parts, total = [], 0
+        while True:
+            line = self.rfile.readline(1024).split(b";", 1)[0].strip()
+            try:
+                size = int(line, 16)
+            except ValueError:
+                raise HttpError("malformed chunked request body") from None
+            if size == 0:
+                while self.rfile.readline(1024).strip():  # trailer headers, then CRLF
+                    pass
+                return b"".join(parts)
+            total += size
+            if total > MAX_BODY_BYTES:
+                raise HttpError(
+                    f"request body exceeds the limit of {MAX_BODY_BYTES} bytes",
+                    "RESOURCE_EXHAUSTED",
+                )
+            parts.append(self.rfile.read(size))
+            self.rfile.readline(8)  # the CRLF after each chunk
+
     def _read_body(self) -> bytes:
+        if "chunked" in self.headers.get("Transfer-Encoding", "").lower():
+            return self._read_chunked()
         length = self.headers.get("Content-Length")
         if length is None:
             return b""
