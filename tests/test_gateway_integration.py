@@ -13,6 +13,7 @@ from __future__ import annotations
 import io
 import os
 import shutil
+import signal
 import subprocess
 import threading
 import time
@@ -229,16 +230,50 @@ def test_metrics_sum_over_both_workers(gateways, test_pngs):
     # Whichever worker answers the scrape, it reports the sum over both workers.
     for _ in range(6):
         assert _metrics(gw.url)[PREDICT_OK] - before == n
-    pids = {p.name.rsplit("_", 1)[-1] for p in gw.metrics_dir.glob("counter_*.db")}
-    assert len(pids) == 2, f"expected files of 2 workers, got {sorted(pids)}"
+    assert len(_worker_pids(gw.metrics_dir)) == 2
 
 
-def test_multiprocess_metrics_pass_promtool(gateways):
+def _worker_pids(metrics_dir: Path) -> set[int]:
+    """Pids of the workers that wrote live gauges (files of dead workers are removed)."""
+    return {int(p.stem.rsplit("_", 1)[-1]) for p in metrics_dir.glob("gauge_livesum_*.db")}
+
+
+def test_killed_worker_is_replaced_and_its_counts_survive(gateways, test_pngs):
+    gw = gateways["rest"]
+    _, pngs = test_pngs
+    before = _metrics(gw.url)[PREDICT_OK]
+    pids = _worker_pids(gw.metrics_dir)
+    victim = min(pids)
+    os.kill(victim, signal.SIGKILL)
+    deadline = time.monotonic() + 30
+    # child_exit marks it dead (its live gauges go); gunicorn starts a replacement worker
+    while victim in _worker_pids(gw.metrics_dir) or len(_worker_pids(gw.metrics_dir)) < 2:
+        assert time.monotonic() < deadline, sorted(_worker_pids(gw.metrics_dir))
+        requests.get(f"{gw.url}/healthz", timeout=10)  # the new worker writes its gauges
+        time.sleep(0.2)
+    assert _metrics(gw.url)[PREDICT_OK] == before  # the dead worker's requests still count
+    for i in range(4):
+        r = requests.post(
+            f"{gw.url}/v1/predict", data=pngs[i], headers={"Content-Type": "image/png"}, timeout=30
+        )
+        assert r.status_code == 200, r.text
+    assert _metrics(gw.url)[PREDICT_OK] == before + 4
+    assert _metrics(gw.url)[("gateway_in_flight_requests", ())] == 1  # just the scrape
+
+
+def test_multiprocess_metrics_pass_promtool(gateways, test_pngs):
     promtool = shutil.which("promtool")
     if promtool is None:
         if os.environ.get("CI"):
             pytest.fail("promtool is required in CI (apt-get install prometheus)")
         pytest.skip("promtool not installed (apt-get install prometheus)")
+    for png in test_pngs[1][:4]:  # both workers have something in every metric
+        requests.post(
+            f"{gateways['grpc'].url}/v1/predict",
+            data=png,
+            headers={"Content-Type": "image/png"},
+            timeout=30,
+        )
     text = requests.get(f"{gateways['grpc'].url}/metrics", timeout=10).content
     assert b"gateway_model_info" in text
     proc = subprocess.run([promtool, "check", "metrics"], input=text, capture_output=True)
