@@ -18,6 +18,7 @@ preloaded): gRPC channels and TensorFlow runtimes must not cross a fork.
 from __future__ import annotations
 
 import logging
+import os
 import time
 from typing import Any, Protocol, runtime_checkable
 
@@ -98,7 +99,7 @@ class EmbeddedBackend:
 
     def __init__(self, config: GatewayConfig):
         from serving.batching import Batcher
-        from serving.savedmodel import ModelManager, VersionPolicy
+        from serving.savedmodel import ModelManager, VersionPolicy, list_versions
 
         self.config = config
         _configure_tensorflow_threads(config)
@@ -121,6 +122,12 @@ class EmbeddedBackend:
         )
         self._seen_available = False
         self._created = time.monotonic()
+        if not list_versions(config.backend_target):
+            log.warning(
+                "no SavedModel version under %s yet (absolute: %s); not ready until one appears",
+                config.backend_target,
+                os.path.abspath(config.backend_target),
+            )
         self.manager.start()
 
     def _run_batch(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
