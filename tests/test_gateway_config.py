@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -156,7 +158,7 @@ def test_create_app_rejects_a_bad_env(monkeypatch):
 
 
 def _run_cli(env: dict[str, str], *args: str) -> subprocess.CompletedProcess:
-    clean = {k: v for k, v in __import__("os").environ.items() if not k.startswith("GATEWAY_")}
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("GATEWAY_")}
     return subprocess.run(
         [sys.executable, "-m", "serving.gateway", *args],
         cwd=ROOT,
@@ -191,3 +193,56 @@ def test_cli_check_prints_the_effective_config():
     assert "GATEWAY_BACKEND=grpc://localhost:8500" in lines
     assert "GATEWAY_PORT=9999" in lines
     assert "GATEWAY_MODEL_VERSION=" in lines
+
+
+def test_metrics_dir_fresh_per_run_and_removed_at_exit(monkeypatch):
+    from serving.gateway import gunicorn_conf
+
+    monkeypatch.delenv("PROMETHEUS_MULTIPROC_DIR", raising=False)
+    monkeypatch.delenv("CONVSERVE_GATEWAY_OWNS_METRICS_DIR", raising=False)
+    path = Path(gunicorn_conf.prepare_metrics_dir())
+    try:
+        assert path.is_dir() and list(path.iterdir()) == []
+        assert os.environ["PROMETHEUS_MULTIPROC_DIR"] == str(path)
+        (path / "counter_1.db").write_bytes(b"x")
+        gunicorn_conf.remove_metrics_dir()
+        assert not path.exists()
+    finally:
+        shutil.rmtree(path, ignore_errors=True)
+
+
+def test_given_metrics_dir_is_emptied_of_old_files_but_kept(monkeypatch, tmp_path):
+    from serving.gateway import gunicorn_conf
+
+    (tmp_path / "counter_123.db").write_bytes(b"stale")
+    (tmp_path / "keep.txt").write_text("not ours")
+    monkeypatch.setenv("PROMETHEUS_MULTIPROC_DIR", str(tmp_path))
+    monkeypatch.delenv("CONVSERVE_GATEWAY_OWNS_METRICS_DIR", raising=False)
+    assert gunicorn_conf.prepare_metrics_dir() == str(tmp_path)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["keep.txt"]
+    gunicorn_conf.remove_metrics_dir()
+    assert tmp_path.is_dir()
+
+
+def test_gunicorn_settings_follow_the_env():
+    env = {
+        "GATEWAY_PORT": "9123",
+        "GATEWAY_HOST": "127.0.0.1",
+        "GATEWAY_WORKERS": "3",
+        "GATEWAY_THREADS": "5",
+    }
+    code = (
+        "from serving.gateway import gunicorn_conf as c;"
+        "print(c.bind, c.workers, c.threads, c.worker_class, c.preload_app, c.wsgi_app)"
+    )
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("GATEWAY_")}
+    out = subprocess.run(
+        [sys.executable, "-c", code],
+        cwd=ROOT,
+        env={**clean, **env},
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    ).stdout
+    assert out == "['127.0.0.1:9123'] 3 5 gthread False serving.gateway.app:create_app()\n"
