@@ -52,11 +52,10 @@ def channel(server):
         yield ch
 
 
-def grpc_predict(channel, images: np.ndarray, **spec):
+def grpc_request(images: np.ndarray, **spec):
     import tensorflow as tf
-    from tensorflow_serving.apis import predict_pb2, prediction_service_pb2_grpc
+    from tensorflow_serving.apis import predict_pb2
 
-    stub = prediction_service_pb2_grpc.PredictionServiceStub(channel)
     request = predict_pb2.PredictRequest()
     request.model_spec.name = spec.pop("name", MODEL_NAME)
     request.model_spec.signature_name = "serving_default"
@@ -65,7 +64,14 @@ def grpc_predict(channel, images: np.ndarray, **spec):
     if "label" in spec:
         request.model_spec.version_label = spec.pop("label")
     request.inputs["images"].CopyFrom(tf.make_tensor_proto(images))
-    return stub.Predict(request, timeout=30)
+    return request
+
+
+def grpc_predict(channel, images: np.ndarray, **spec):
+    from tensorflow_serving.apis import prediction_service_pb2_grpc
+
+    stub = prediction_service_pb2_grpc.PredictionServiceStub(channel)
+    return stub.Predict(grpc_request(images, **spec), timeout=30)
 
 
 # --- REST ----------------------------------------------------------------------------------
@@ -345,6 +351,25 @@ def test_grpc_errors_have_tf_serving_codes(channel, images):
         grpc_predict(channel, images, label="nope")
     assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert err.value.details() == "Unrecognized servable version label: nope"
+
+
+def test_grpc_output_filter(channel, images, reference):
+    import tensorflow as tf
+    from tensorflow_serving.apis import prediction_service_pb2_grpc
+
+    stub = prediction_service_pb2_grpc.PredictionServiceStub(channel)
+    request = grpc_request(images)
+    request.output_filter.append("class_ids")
+    response = stub.Predict(request, timeout=30)
+    assert list(response.outputs) == ["class_ids"]
+    np.testing.assert_array_equal(
+        tf.make_ndarray(response.outputs["class_ids"]), reference["class_ids"]
+    )
+    request.output_filter.append("logits")
+    with pytest.raises(grpc.RpcError) as err:
+        stub.Predict(request, timeout=30)
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert err.value.details().startswith("output tensor alias not found in signature: logits")
 
 
 def test_grpc_metadata_and_status(channel):

@@ -27,7 +27,7 @@ import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 from serving.labels import MODEL_NAME
@@ -49,7 +49,6 @@ class ModelServerHandle:
     rest_port: int
     model_name: str = MODEL_NAME
     log_path: Path | None = None
-    extra: dict = field(default_factory=dict)
 
     @property
     def url(self) -> str:
