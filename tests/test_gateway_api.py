@@ -577,3 +577,27 @@ def test_apps_do_not_share_metrics(backend):
     )
     assert _samples(a)[key] == 2
     assert key not in _samples(b)
+
+
+def test_remote_backends_keep_the_tensorflow_runtime_out():
+    """DESIGN.md: a gateway in front of TF Serving must not need TensorFlow's runtime."""
+    import subprocess
+    import sys
+
+    code = """
+import sys
+from serving.gateway import create_app
+png = open("tests/support/images/bag.png", "rb").read()
+for backend in ("grpc://127.0.0.1:1", "http://127.0.0.1:1"):
+    app = create_app({"backend": backend, "timeout_seconds": 2, "retries": 0})
+    r = app.test_client().post("/v1/predict", data=png, content_type="image/png")
+    print(r.status_code, r.get_json()["error"]["code"])
+print("tensorflow.python" in sys.modules)
+"""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("GATEWAY_")}
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    proc = subprocess.run(
+        [sys.executable, "-c", code], cwd=root, env=env, capture_output=True, text=True, timeout=60
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout == "503 backend_unavailable\n503 backend_unavailable\nFalse\n"
