@@ -429,6 +429,8 @@ class ModelManager:
                 self.poll()
             except OSError as exc:  # e.g. base path on a flaky mount: try again next round
                 log.warning("model %s: polling %s failed: %s", self.name, self.base_path, exc)
+            except Exception:  # keep polling whatever happened; the log has the details
+                log.exception("model %s: polling %s failed", self.name, self.base_path)
             self._stop.wait(self.poll_interval_s)
 
     def close(self) -> None:
@@ -499,6 +501,11 @@ class ModelManager:
             log.error("model %s: version %d failed to load: %s", self.name, version, exc)
             with self._lock:
                 servable.state, servable.error = State.END, str(exc)
+            return
+        except Exception as exc:  # TensorFlow can raise anything on a damaged SavedModel
+            log.exception("model %s: version %d failed to load", self.name, version)
+            with self._lock:
+                servable.state, servable.error = State.END, f"{type(exc).__name__}: {exc}"
             return
         with self._lock:
             servable.model, servable.state = model, State.AVAILABLE

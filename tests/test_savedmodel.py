@@ -223,3 +223,27 @@ def test_version_policy_validation():
         VersionPolicy.latest(0)
     with pytest.raises(ValueError, match="at least one"):
         VersionPolicy.specific([])
+
+
+def test_unexpected_loader_error_is_reported_and_polling_goes_on(tmp_path: Path, model_base: Path):
+    base = make_versions(tmp_path, model_base, [1])
+    calls: list[int] = []
+
+    def flaky_loader(path: Path, version: int) -> LoadedModel:
+        calls.append(version)
+        if version == 1:
+            raise KeyError("broken graph")
+        return LoadedModel.load(path, version)
+
+    manager = ModelManager("fashion_mnist", base, loader=flaky_loader, poll_interval_s=0.05)
+    manager.start()
+    try:
+        deadline = time.monotonic() + 10
+        while not manager.status() and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert manager.status() == [VersionStatus(1, "END", "KeyError: 'broken graph'")]
+        shutil.copytree(base / "1", base / "2")
+        assert manager.wait_until_available(30, version=2)  # the poller survived
+    finally:
+        manager.close()
+    assert calls == [1, 2]
