@@ -266,6 +266,8 @@ class ModelServer:
                 self.core.apply_config(self._load_config())
             except ConfigError as exc:
                 log.error("keeping the current config: %s", exc)
+            except Exception:  # keep polling whatever happened; the log has the details
+                log.exception("keeping the current config: applying the new one failed")
 
     def stop(self) -> bool:
         """Stop accepting, let in-flight requests finish (up to the grace period), unload."""
