@@ -198,8 +198,11 @@ def test_cli_check_prints_the_effective_config():
 def test_metrics_dir_fresh_per_run_and_removed_at_exit(monkeypatch):
     from serving.gateway import gunicorn_conf
 
-    monkeypatch.delenv("PROMETHEUS_MULTIPROC_DIR", raising=False)
-    monkeypatch.delenv("CONVSERVE_GATEWAY_OWNS_METRICS_DIR", raising=False)
+    # setenv first so that monkeypatch restores the original state of both variables, which
+    # prepare_metrics_dir() sets in os.environ itself
+    for name in ("PROMETHEUS_MULTIPROC_DIR", "CONVSERVE_GATEWAY_OWNS_METRICS_DIR"):
+        monkeypatch.setenv(name, "placeholder")
+        monkeypatch.delenv(name)
     path = Path(gunicorn_conf.prepare_metrics_dir())
     try:
         assert path.is_dir() and list(path.iterdir()) == []
@@ -217,7 +220,8 @@ def test_given_metrics_dir_is_emptied_of_old_files_but_kept(monkeypatch, tmp_pat
     (tmp_path / "counter_123.db").write_bytes(b"stale")
     (tmp_path / "keep.txt").write_text("not ours")
     monkeypatch.setenv("PROMETHEUS_MULTIPROC_DIR", str(tmp_path))
-    monkeypatch.delenv("CONVSERVE_GATEWAY_OWNS_METRICS_DIR", raising=False)
+    monkeypatch.setenv("CONVSERVE_GATEWAY_OWNS_METRICS_DIR", "placeholder")
+    monkeypatch.delenv("CONVSERVE_GATEWAY_OWNS_METRICS_DIR")
     assert gunicorn_conf.prepare_metrics_dir() == str(tmp_path)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["keep.txt"]
     gunicorn_conf.remove_metrics_dir()

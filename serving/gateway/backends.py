@@ -24,7 +24,23 @@ from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 
+# None of these import TensorFlow (savedmodel loads it lazily, on the first model load).
+from serving.batching import Batcher, BatcherClosed, QueueFullError
 from serving.gateway.config import GatewayConfig
+from serving.savedmodel import (
+    InvalidInput,
+    ModelManager,
+    ServableNotFound,
+    VersionPolicy,
+    list_versions,
+)
+from serving.tfserving.base import PredictResult
+from serving.tfserving.errors import (
+    BackendInvalidRequest,
+    BackendTimeout,
+    BackendUnavailable,
+    ModelNotFound,
+)
 
 log = logging.getLogger(__name__)
 
@@ -98,9 +114,6 @@ class EmbeddedBackend:
     kind = "embedded"
 
     def __init__(self, config: GatewayConfig):
-        from serving.batching import Batcher
-        from serving.savedmodel import ModelManager, VersionPolicy, list_versions
-
         self.config = config
         _configure_tensorflow_threads(config)
         policy = (
@@ -140,16 +153,6 @@ class EmbeddedBackend:
 
     def predict(self, batch: np.ndarray) -> Any:
         """Queue ``batch`` for the next merged model call and wait (up to the timeout)."""
-        from serving.batching import BatcherClosed, QueueFullError
-        from serving.savedmodel import InvalidInput, ServableNotFound
-        from serving.tfserving import PredictResult
-        from serving.tfserving.errors import (
-            BackendInvalidRequest,
-            BackendTimeout,
-            BackendUnavailable,
-            ModelNotFound,
-        )
-
         timeout = self.config.timeout_seconds
         if not self._seen_available:
             timeout = self._wait_first_load(timeout)
@@ -171,8 +174,6 @@ class EmbeddedBackend:
         """Before the first version is AVAILABLE: wait for it (within ``timeout``) while one is
         loading; return the time left. Each gunicorn worker loads its own copy, so a request
         must not fail just because it reached the worker that is still loading."""
-        from serving.tfserving.errors import ModelNotFound
-
         started = time.monotonic()
         deadline = started + timeout
         states: set[str] = set()
@@ -191,8 +192,6 @@ class EmbeddedBackend:
 
     def status(self) -> list[Any]:
         """The manager's per-version states (newest first); empty before the first poll."""
-        from serving.savedmodel import ServableNotFound
-
         try:
             return self.manager.status(version=self.config.model_version)
         except ServableNotFound:
