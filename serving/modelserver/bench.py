@@ -29,6 +29,7 @@ import time
 import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import NoReturn
 
 import numpy as np
 
@@ -201,11 +202,16 @@ def markdown(rows: list[dict[str, object]]) -> str:
     return "\n".join(out)
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse with a one-line error message (no usage dump), exit status 2."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run the benchmark; returns the exit code."""
-    p = argparse.ArgumentParser(
-        prog="python -m serving.modelserver.bench", description=__doc__.split("\n")[0]
-    )
+    p = _Parser(prog="python -m serving.modelserver.bench", description=__doc__.split("\n")[0])
     p.add_argument(
         "--model_base_path", default="models/fashion_mnist", help="exported model base dir"
     )
