@@ -601,3 +601,16 @@ print("tensorflow.python" in sys.modules)
     )
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout == "503 backend_unavailable\n503 backend_unavailable\nFalse\n"
+
+
+def test_routing_redirects_are_not_turned_into_errors(backend):
+    app = create_app(_config(), backend=backend)
+
+    @app.get("/extra/")
+    def extra() -> str:
+        return "ok"
+
+    resp = app.test_client().get("/extra")
+    assert resp.status_code == 308
+    assert resp.headers["Location"] == "http://localhost/extra/"
+    assert HEX32.match(resp.headers["X-Request-ID"])

@@ -152,6 +152,8 @@ def register(app: Flask) -> None:
 
     @app.errorhandler(Exception)
     def _handle(exc: Exception) -> Response:
+        if isinstance(exc, HTTPException) and exc.code is not None and exc.code < 400:
+            return exc.get_response()  # routing redirects are not errors
         err = to_api_error(
             exc, retry_after=cfg.retry_after_seconds, max_body_bytes=cfg.max_body_bytes
         )
