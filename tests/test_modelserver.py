@@ -287,8 +287,17 @@ def test_metrics_use_tf_serving_names(server, images):
         check = subprocess.run(
             ["promtool", "check", "metrics"], input=text, capture_output=True, text=True
         )
-        # promtool lints names/help too; only hard parse errors make it fail here
-        assert "error while linting" not in check.stderr + check.stdout
+        # It parses; the only lint findings are TF Serving's own naming (":" in names, a
+        # counter without "_total"), which dashboards written for TF Serving depend on.
+        assert check.returncode in (0, 3), check.stderr
+        expected_lint = (
+            "metric names should not contain ':'",
+            'counter metrics should have "_total" suffix',
+            'non-histogram and non-summary metrics should not have "_count" suffix',
+        )
+        for line in (check.stdout + check.stderr).strip().splitlines():
+            assert any(e in line for e in expected_lint), line
+    assert "_created" not in text
 
 
 # --- gRPC ----------------------------------------------------------------------------------

@@ -15,7 +15,13 @@ from __future__ import annotations
 
 import threading
 
-from prometheus_client import CollectorRegistry, Gauge, Histogram, generate_latest
+from prometheus_client import (
+    CollectorRegistry,
+    Gauge,
+    Histogram,
+    disable_created_metrics,
+    generate_latest,
+)
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 # TF Serving's latency sampler uses exponential buckets (10 us x 1.8^i); these cover 10 us-10 s
@@ -63,6 +69,9 @@ class ServerMetrics:
     """The model server's metrics; `render()` gives the Prometheus text page."""
 
     def __init__(self) -> None:
+        # TF Serving exports no *_created series; this switch is process-wide, and the model
+        # server is the only user of this class in its process
+        disable_created_metrics()
         self.registry = CollectorRegistry()
         self.request_count = _RequestCount()
         self.request_latency = Histogram(
