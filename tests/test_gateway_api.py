@@ -23,6 +23,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from serving.gateway import create_app
 from serving.gateway.config import GatewayConfig
+from serving.gateway.errors import BACKEND_MESSAGES
 from serving.labels import CLASS_NAMES
 from serving.preprocess import ImageTooLarge, InvalidImage, array_to_input, decode_image
 from serving.tfserving import VersionStatus
@@ -336,7 +337,9 @@ def test_backend_errors_map_to_codes(client, backend, exc, status, code, retry_a
     backend.error = exc
     resp = client.post("/v1/predict", data=_png("bag"), content_type="image/png")
     assert resp.status_code == status
-    assert resp.get_json() == _error(code, str(exc))
+    # The client gets a fixed message; the backend's own text stays in the server log.
+    assert resp.get_json() == _error(code, BACKEND_MESSAGES[code])
+    assert str(exc) not in resp.get_data(as_text=True)
     assert resp.headers.get("Retry-After") == retry_after
 
 
@@ -456,7 +459,8 @@ def test_readyz_backend_down(client, backend):
     resp = client.get("/readyz")
     assert resp.status_code == 503
     assert resp.get_json() == _error(
-        "not_ready", "model fashion_mnist is not ready: backend: connection refused"
+        "not_ready",
+        "model fashion_mnist is not ready: backend: the model backend is unavailable; retry later",
     )
 
 
@@ -494,7 +498,7 @@ def test_models_backend_down_is_503(client, backend):
     backend.error = BackendUnavailable("connection refused")
     resp = client.get("/v1/models")
     assert resp.status_code == 503
-    assert resp.get_json() == _error("backend_unavailable", "connection refused")
+    assert resp.get_json() == _error("backend_unavailable", BACKEND_MESSAGES["backend_unavailable"])
 
 
 # -- metrics ------------------------------------------------------------------------------------------

@@ -71,7 +71,8 @@ class Readiness:
             try:
                 statuses = self.backend.status()
             except BackendError as exc:
-                value = (False, [], f"backend: {exc}")
+                log.warning("readiness: backend status failed: %s", exc)
+                value = (False, [], f"backend: {errors.public_backend_message(exc)}")
             else:
                 available = sorted(
                     int(s.version)

@@ -45,6 +45,7 @@ class ApiError(Exception):
         *,
         headers: dict[str, str] | None = None,
         reason: str | None = None,
+        detail: str | None = None,
     ):
         super().__init__(message)
         self.status = status
@@ -53,6 +54,8 @@ class ApiError(Exception):
         self.headers = dict(headers or {})
         # Set for backend failures: the `reason` label of gateway_backend_errors_total.
         self.reason = reason
+        # What the backend said, for the server log only: it can name internal hosts and ports.
+        self.detail = detail
 
     def body(self, request_id: str | None = None) -> dict[str, Any]:
         """The JSON body of this error."""
@@ -78,9 +81,35 @@ def unsupported_media_type(message: str) -> ApiError:
     return ApiError(415, "unsupported_media_type", message)
 
 
-def unavailable(message: str, retry_after: int, code: str, reason: str | None = None) -> ApiError:
+def unavailable(
+    message: str,
+    retry_after: int,
+    code: str,
+    reason: str | None = None,
+    detail: str | None = None,
+) -> ApiError:
     """503 with a ``Retry-After`` header."""
-    return ApiError(503, code, message, headers={"Retry-After": str(retry_after)}, reason=reason)
+    return ApiError(
+        503, code, message, headers={"Retry-After": str(retry_after)}, reason=reason, detail=detail
+    )
+
+
+# What a client is told about a backend failure. The backend's own text (addresses, ports,
+# gRPC internals) goes to the server log only, under the request id.
+BACKEND_MESSAGES = {
+    "backend_timeout": "the model backend did not answer within the deadline",
+    "backend_unavailable": "the model backend is unavailable; retry later",
+    "model_not_ready": (
+        "the model is not available on the backend (not loaded yet, or no such version or label)"
+    ),
+    "invalid_request": "the model backend rejected the request",
+    "backend_error": "the model backend sent an answer the gateway cannot use",
+}
+
+
+def public_backend_message(exc: BaseException) -> str:
+    """The client-facing text for a TF Serving client error (see `BACKEND_MESSAGES`)."""
+    return BACKEND_MESSAGES.get(getattr(exc, "code", ""), BACKEND_MESSAGES["backend_error"])
 
 
 _HTTP_CODES = {
@@ -110,16 +139,21 @@ def to_api_error(exc: BaseException, *, retry_after: int = 1, max_body_bytes: in
         return ApiError(413, "image_too_large", str(exc))
     if isinstance(exc, InvalidImage):
         return ApiError(400, "invalid_image", str(exc))
-    if isinstance(exc, BackendTimeout):
-        return ApiError(504, "backend_timeout", str(exc), reason="timeout")
-    if isinstance(exc, BackendUnavailable):
-        return unavailable(str(exc), retry_after, "backend_unavailable", reason="unavailable")
-    if isinstance(exc, ModelNotFound):
-        return unavailable(str(exc), retry_after, "model_not_ready", reason="model_not_found")
-    if isinstance(exc, BackendInvalidRequest):
-        return ApiError(400, "invalid_request", str(exc), reason="invalid_request")
     if isinstance(exc, BackendError):
-        return ApiError(502, "backend_error", str(exc), reason="other")
+        detail, public = str(exc), public_backend_message(exc)
+        if isinstance(exc, BackendTimeout):
+            return ApiError(504, "backend_timeout", public, reason="timeout", detail=detail)
+        if isinstance(exc, BackendUnavailable):
+            return unavailable(
+                public, retry_after, "backend_unavailable", reason="unavailable", detail=detail
+            )
+        if isinstance(exc, ModelNotFound):
+            return unavailable(
+                public, retry_after, "model_not_ready", reason="model_not_found", detail=detail
+            )
+        if isinstance(exc, BackendInvalidRequest):
+            return ApiError(400, "invalid_request", public, reason="invalid_request", detail=detail)
+        return ApiError(502, "backend_error", public, reason="other", detail=detail)
     if isinstance(exc, RequestEntityTooLarge):
         limit = f" of {max_body_bytes} bytes" if max_body_bytes else ""
         return ApiError(413, "body_too_large", f"request body is larger than the limit{limit}")
@@ -162,6 +196,6 @@ def register(app: Flask) -> None:
             log.error("unhandled error: %s", exc, exc_info=exc)
         elif err.code == "not_ready":  # readiness probes: expected while loading
             log.debug("not ready: %s", err.message)
-        elif err.status >= 502:
-            log.warning("backend error (%s): %s", err.code, err.message)
+        elif err.detail is not None:
+            log.warning("backend error (%s): %s", err.code, err.detail)
         return error_response(err, getattr(g, "request_id", None))
