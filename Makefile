@@ -12,7 +12,8 @@ GATEWAY_PORT ?= 8080
 PYTEST_ARGS ?=
 
 .DEFAULT_GOAL := help
-.PHONY: help install run test test-fast lint format train quick-model serve-modelserver clean
+.PHONY: help install run test test-fast lint format train quick-model serve-modelserver serve-modelserver-batching predict \
+	bench-preprocess bench-modelserver bench-gateway images clean
 
 help: ## list the targets
 	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  \033[36m%-18s\033[0m %s\n", $$1, $$2}'
@@ -43,6 +44,26 @@ train: $(STAMP) ## train the full recipe and export the next version to models/f
 serve-modelserver: quick-model ## run the TF-Serving-compatible model server on :8500 (gRPC) and :8501 (REST)
 	$(PY) -m serving.modelserver --model_name=fashion_mnist --model_base_path=$(abspath $(MODEL_DIR)) \
 		--monitoring_config_file=serving/config/monitoring.config
+
+serve-modelserver-batching: quick-model ## the model server with server-side batching (serving/config/batching.config)
+	$(PY) -m serving.modelserver --model_name=fashion_mnist --model_base_path=$(abspath $(MODEL_DIR)) \
+		--monitoring_config_file=serving/config/monitoring.config \
+		--enable_batching --batching_parameters_file=serving/config/batching.config
+
+bench-modelserver: quick-model ## model server: gRPC vs REST, batch 1/64, batching off/on (~2 min)
+	$(PY) -m serving.modelserver.bench --model_base_path $(abspath $(MODEL_DIR))
+
+predict: $(STAMP) ## classify IMG (default: the reference ankle boot) through the gateway on :8080
+	$(PY) -m client predict $${IMG:-tests/support/images/ankle_boot.png} --gateway http://localhost:$(GATEWAY_PORT)
+
+bench-preprocess: quick-model ## preprocessing accuracy and speed on altered test images (docs/BENCHMARKS.md)
+	$(PY) -m serving.bench_preprocess --model $(MODEL_DIR)
+
+bench-gateway: quick-model ## gateway vs instant-backend gateway vs Flask hello-world, same gunicorn settings (needs wrk)
+	$(PY) -m serving.gateway.benchmark --model-dir $(MODEL_DIR) --image tests/support/images/ankle_boot.png
+
+images: $(STAMP) ## redraw the synthetic reference images in tests/support/images
+	$(PY) tests/support/make_images.py
 
 test: $(STAMP) ## lint, then run the whole test suite
 	$(VENV)/bin/ruff check .
