@@ -4,7 +4,7 @@ Examples::
 
     python -m training summary
     python -m training train --quick --export-dir models/fashion_mnist
-    python -m training train --data-dir ../shared/data/fashion-mnist --epochs 20 --batch-size 64 \\
+    python -m training train --data-dir ../shared/data/fashion-mnist --epochs 12 --batch-size 64 \\
         --seed 42 --export-dir models/fashion_mnist [--version 3] [--max-train-samples 5000]
     python -m training evaluate models/fashion_mnist
     python -m training inspect models/fashion_mnist/1
