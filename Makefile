@@ -8,6 +8,9 @@ MODEL_DIR ?= models/fashion_mnist
 # The official IDX files; on the project's dev machines they sit next to the checkout.
 FASHION_MNIST_DIR ?= $(wildcard $(CURDIR)/../shared/data/fashion-mnist)
 export FASHION_MNIST_DIR
+# TensorFlow start-up chatter (CUDA probes, CPU feature notes) off unless asked for.
+TF_CPP_MIN_LOG_LEVEL ?= 2
+export TF_CPP_MIN_LOG_LEVEL
 GATEWAY_PORT ?= 8080
 PYTEST_ARGS ?=
 
