@@ -82,6 +82,8 @@ def _concat(parts: list[Batch]) -> Batch:
             if not isinstance(p, Mapping) or list(p) != keys:
                 raise ValueError("batched requests must all use the same input names")
         return {k: np.concatenate([p[k] for p in parts], axis=0) for k in keys}
+    if isinstance(first, tuple):  # fn returned a tuple of arrays: join each position
+        return tuple(np.concatenate([p[j] for p in parts], axis=0) for j in range(len(first)))
     return np.concatenate(parts, axis=0)
 
 

@@ -129,6 +129,17 @@ def test_large_request_is_split_and_reassembled():
     assert sorted(fn.sizes) == [2, 4, 4]
 
 
+def test_large_request_with_tuple_outputs_is_reassembled():
+    # fn returns a tuple of arrays (the gateway's embedded backend: probabilities, versions)
+    def fn(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        return x * 2, np.full(len(x), 7, dtype=np.int64)
+
+    with Batcher(fn, max_batch_size=4, batch_timeout_s=0.0) as b:
+        doubled, versions = b.submit(np.arange(10.0))
+    np.testing.assert_array_equal(doubled, np.arange(10.0) * 2)
+    np.testing.assert_array_equal(versions, np.full(10, 7))
+
+
 def test_error_reaches_exactly_the_callers_of_the_failing_batch():
     fn = Recorder(fail_on=-1.0)
     with Batcher(fn, max_batch_size=2, batch_timeout_s=0.3) as b:

@@ -158,6 +158,10 @@ class EmbeddedBackend:
             timeout = self._wait_first_load(timeout)
         try:
             probs, versions = self.batcher.submit(batch, timeout=timeout)
+            if len(batch) > self.batcher.max_batch_size and versions.min() != versions.max():
+                # The request was split into several model calls and a version swap fell
+                # between them: run it again, so one version answers every row.
+                probs, versions = self.batcher.submit(batch, timeout=timeout)
         except TimeoutError:
             raise BackendTimeout(
                 f"model did not answer within {self.config.timeout_seconds:g}s"
