@@ -618,3 +618,46 @@ def test_routing_redirects_are_not_turned_into_errors(backend):
     assert resp.status_code == 308
     assert resp.headers["Location"] == "http://localhost/extra/"
     assert HEX32.match(resp.headers["X-Request-ID"])
+
+
+# -- bodies without Content-Length (chunked) ---------------------------------------------------------
+def _post_chunked(client, body: bytes):
+    # gunicorn marks a chunked body as terminated; werkzeug then reads it without a length
+    return client.post(
+        "/v1/predict",
+        input_stream=io.BytesIO(body),
+        content_type="image/png",
+        headers={"Transfer-Encoding": "chunked"},
+        environ_overrides={"wsgi.input_terminated": True},
+    )
+
+
+def test_chunked_body_over_the_limit_is_413_not_truncated(client):
+    # a valid PNG followed by padding: cut at the limit it would still decode
+    resp = _post_chunked(client, _png("bag") + b"\0" * 300_000)
+    assert resp.status_code == 413
+    assert resp.get_json() == _error(
+        "body_too_large", "request body is larger than the limit of 200000 bytes"
+    )
+
+
+def test_chunked_body_within_the_limit_is_served(client):
+    resp = _post_chunked(client, _png("bag"))
+    assert resp.status_code == 200
+    assert len(resp.get_json()["predictions"]) == 1
+
+
+def test_backend_answer_of_the_wrong_shape_is_502(client, backend, monkeypatch):
+    real = backend.predict
+
+    def eleven_classes(batch):
+        result = real(batch)
+        return type(result)(
+            probabilities=np.zeros((len(batch), 11), np.float32),
+            model_version=result.model_version,
+        )
+
+    monkeypatch.setattr(backend, "predict", eleven_classes)
+    resp = client.post("/v1/predict", data=_png("bag"), content_type="image/png")
+    assert resp.status_code == 502
+    assert resp.get_json() == _error("backend_error", BACKEND_MESSAGES["backend_error"])

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import io
 import itertools
 import json
 import logging
@@ -246,8 +247,37 @@ def _parse_json(body: bytes, cfg: GatewayConfig) -> list[np.ndarray]:
     return out
 
 
+def _buffer_unsized_body(limit: int) -> None:
+    """Read a body sent without Content-Length (chunked) into memory, at most ``limit`` bytes.
+
+    Werkzeug caps such a stream at the limit but then stops reading silently, so an oversized
+    chunked body would be cut short and processed. Buffering it here (before ``request.stream``
+    exists) turns it into a sized body, or into a 413.
+    """
+    env = request.environ
+    if request.content_length is not None or not env.get("wsgi.input_terminated"):
+        return
+    raw, parts, size = env["wsgi.input"], [], 0
+    while size <= limit:
+        chunk = raw.read(min(65536, limit + 1 - size))
+        if not chunk:
+            break
+        parts.append(chunk)
+        size += len(chunk)
+    if size > limit:
+        raise errors.too_large(
+            f"request body is larger than the limit of {limit} bytes", "body_too_large"
+        )
+    env["wsgi.input"] = io.BytesIO(b"".join(parts))
+    env["CONTENT_LENGTH"] = str(size)
+    env.pop("HTTP_TRANSFER_ENCODING", None)
+    env.pop("wsgi.input_terminated", None)
+    request.__dict__.pop("content_length", None)  # a cached_property: recompute from the headers
+
+
 def _read_inputs(cfg: GatewayConfig) -> list[np.ndarray]:
     """The request's images as model inputs, in order (raises ApiError / PreprocessError)."""
+    _buffer_unsized_body(cfg.max_body_bytes)
     length = request.content_length
     if length is not None and length > cfg.max_body_bytes:
         raise errors.too_large(
@@ -318,7 +348,9 @@ def _register_views(app: Flask, state: GatewayState) -> None:
         metrics.observe_stage("backend", t2 - t1)
         probs = result.probabilities
         if probs.shape != (len(inputs), len(CLASS_NAMES)):
-            raise RuntimeError(
+            from serving.tfserving.errors import BackendError
+
+            raise BackendError(
                 f"backend returned probabilities of shape {probs.shape} for {len(inputs)} inputs"
             )
         body = render_predictions(cfg.model_name, probs, result.model_version)
