@@ -475,10 +475,22 @@ class ModelManager:
                         continue
                 self._load(version)
                 changed = True
-            for version in self._loaded_versions():
-                if version not in wanted:
-                    self._unload(version)
-                    changed = True
+            # TF Serving's AvailabilityPreservingPolicy: a version that is no longer wanted is
+            # unloaded only once a wanted version is AVAILABLE (or nothing is wanted at all),
+            # so a new version that fails to load never takes the model offline. Until then
+            # the newest unwanted version keeps serving.
+            with self._lock:
+                any_available = any(
+                    self._servables[v].state == State.AVAILABLE
+                    for v in wanted
+                    if v in self._servables
+                )
+            unwanted = [v for v in self._loaded_versions() if v not in wanted]
+            if wanted and not any_available:
+                unwanted = unwanted[:-1]  # keep the newest one serving
+            for version in unwanted:
+                self._unload(version)
+                changed = True
             with self._lock:
                 for version, servable in list(self._servables.items()):
                     # forget failed versions whose folder is gone, so a re-export is retried

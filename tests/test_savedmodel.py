@@ -247,3 +247,24 @@ def test_unexpected_loader_error_is_reported_and_polling_goes_on(tmp_path: Path,
     finally:
         manager.close()
     assert calls == [1, 2]
+
+
+def test_failed_new_version_does_not_take_the_model_offline(tmp_path: Path, model_base: Path):
+    # TF Serving's AvailabilityPreservingPolicy: v3 is unloaded only once a wanted version is up
+    base = make_versions(tmp_path, model_base, [3])
+    manager = ModelManager("fashion_mnist", base, VersionPolicy.latest(1))
+    manager.poll()
+    assert manager.available_versions() == [3]
+    (base / "4").mkdir()
+    (base / "4" / "saved_model.pb").write_bytes(b"corrupt")
+    manager.poll()
+    status = {s.version: s for s in manager.status()}
+    assert status[3] == VersionStatus(3, "AVAILABLE")
+    assert status[4].state == "END" and "is not a SavedModel" in status[4].error
+    assert manager.resolve() == 3
+    shutil.rmtree(base / "4")
+    shutil.copytree(base / "3", base / "5")
+    manager.poll()  # a good newer version replaces v3
+    assert manager.available_versions() == [5]
+    assert {s.version: s.state for s in manager.status()}[3] == "END"
+    manager.close()
