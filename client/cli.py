@@ -27,6 +27,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import math
 import sys
 from collections.abc import Sequence
 
@@ -107,8 +108,8 @@ def _one_line(message: str) -> str:
 
 def run(args: argparse.Namespace) -> int:
     """Execute a parsed ``predict`` command; return the exit code."""
-    if args.timeout <= 0 or args.batch_size < 1:
-        print("error: --timeout must be > 0 and --batch-size >= 1", file=sys.stderr)
+    if not (math.isfinite(args.timeout) and args.timeout > 0) or args.batch_size < 1:
+        print("error: --timeout must be a finite number > 0 and --batch-size >= 1", file=sys.stderr)
         return EXIT_USAGE
     pinned = args.model_version is not None or args.model_label is not None
     if pinned and not (args.grpc or args.rest):

@@ -345,6 +345,9 @@ def test_cli_usage_errors():
     assert proc.returncode == EXIT_USAGE and "not allowed with argument" in proc.stderr
     proc = run_cli("predict", BOOT, "--model-version", "3")
     assert_one_line_error(proc, EXIT_USAGE, "--model-version/--model-label need --grpc or --rest")
+    for bad in ("nan", "inf", "0", "-1"):
+        proc = run_cli("predict", BOOT, "--timeout", bad)
+        assert_one_line_error(proc, EXIT_USAGE, "--timeout must be a finite number > 0")
 
 
 def test_cli_help_lists_exit_codes():

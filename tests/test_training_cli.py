@@ -134,6 +134,30 @@ def test_filter_rejects_a_non_image(tmp_path: Path) -> None:
     assert not (tmp_path / "f.png").exists()
 
 
+def test_filter_rejects_a_decompression_bomb(tmp_path: Path) -> None:
+    from tests.test_preprocess import png_header_only
+
+    bomb = tmp_path / "bomb.png"
+    bomb.write_bytes(png_header_only(30000, 30000))  # 900 megapixels declared, ~100 bytes
+    proc = run_cli("filter", str(bomb), "--out", str(tmp_path / "f.png"))
+    assert_clean_failure(proc, 1, f"error: {bomb}: cannot read the image")
+    assert not (tmp_path / "f.png").exists()
+
+
+def test_train_unwritable_export_dir_fails_before_training(
+    fashion_mnist_dir: Path, tmp_path: Path
+) -> None:
+    blocker = tmp_path / "afile"
+    blocker.write_text("a file, not a folder")
+    export_dir = blocker / "fashion_mnist"
+    proc = run_cli(
+        "train", "--data-dir", str(fashion_mnist_dir), "--export-dir", str(export_dir),
+        "--max-train-samples", "500", "--epochs", "1", "--no-progress",
+    )  # fmt: skip
+    assert_clean_failure(proc, 1, f"error: cannot create the export folder {export_dir}: ")
+    assert "epoch" not in proc.stderr  # it failed before training
+
+
 def test_filter_needs_exactly_one_source(tmp_path: Path) -> None:
     proc = run_cli("filter", "--out", str(tmp_path / "f.png"))
     assert_clean_failure(proc, 1, "error: give either an IMAGE file or --test-index N (not both)")

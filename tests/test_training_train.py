@@ -144,3 +144,15 @@ def test_training_is_reproducible_and_learns(dataset) -> None:
     assert first.history["val_accuracy"][-1] > 0.5  # 120 validation images, 10 classes
     third = train(dataset, recipe.replace(seed=12), progress=False)
     assert not np.array_equal(third.model.get_weights()[0], first.model.get_weights()[0])
+
+
+def test_ema_momentum_is_capped_for_short_runs() -> None:
+    from training.train import RECIPES, effective_ema_momentum
+
+    full, quick = RECIPES["full"], RECIPES["quick"]
+    # the measured recipes keep their momentum (full: 12 x 844 steps, quick: 2 x 422)
+    assert effective_ema_momentum(full, 12 * 844) == full.ema_momentum == 0.999
+    assert effective_ema_momentum(quick, 2 * 422) == quick.ema_momentum == 0.99
+    # a 200-step run averages over ~40 steps, not ~1000 (which exported a 54% model)
+    assert effective_ema_momentum(full, 200) == pytest.approx(0.975)
+    assert effective_ema_momentum(full, 1) == pytest.approx(0.5)

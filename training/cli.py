@@ -211,6 +211,10 @@ def cmd_train(args: argparse.Namespace) -> int:
             f"version {args.version} already exists in {args.export_dir}; pass --overwrite to "
             f"replace it or omit --version to export as version {next_version(args.export_dir)}"
         )
+    try:  # before training: an export folder that cannot be made fails in seconds, not minutes
+        args.export_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise CliError(f"cannot create the export folder {args.export_dir}: {exc}") from None
     from training.evaluate import format_table
     from training.pipeline import run_training
     from training.train import RECIPES
@@ -388,6 +392,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return COMMANDS[args.command](args)
     except (CliError, DataError, ExportError, ModelNotFoundError, ImageError, RecipeError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_ERROR
+    except OSError as exc:  # an unwritable --out/--export-dir, a file that vanished, ...
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_ERROR
     except KeyboardInterrupt:

@@ -156,7 +156,7 @@ def read_grayscale(path: str | Path, max_side: int = MAX_FILTER_SIDE) -> np.ndar
             if max(img.size) > max_side:
                 img.thumbnail((max_side, max_side))
             return np.asarray(img, dtype=np.float32)
-    except (UnidentifiedImageError, OSError) as exc:
+    except (UnidentifiedImageError, Image.DecompressionBombError, OSError, ValueError) as exc:
         raise ImageError(f"{path}: cannot read the image ({exc})") from None
 
 
