@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import io
 import struct
+import sys
 import zlib
 from collections.abc import Sequence
 
@@ -57,6 +58,7 @@ __all__ = [
     "PreprocessError",
     "array_to_input",
     "decode_image",
+    "image_pixels",
     "to_batch",
 ]
 
@@ -229,6 +231,16 @@ def _dataset_form(gray: Image.Image) -> np.ndarray:
     if level > 0:  # level <= 127.5 here, so the division is safe
         out = (out - level) * (255.0 / (255.0 - level))
     return np.clip(out, 0, 255).astype(np.uint8)
+
+
+def image_pixels(data: bytes) -> int:
+    """Width x height as the image's header declares it; nothing is decoded.
+
+    Raises :class:`InvalidImage` for data that is not a supported image (and
+    :class:`ImageTooLarge` for a frame Pillow itself flags as a decompression bomb).
+    """
+    width, height = _open(data, max_pixels=sys.maxsize).size
+    return width * height
 
 
 def decode_image(data: bytes, *, max_pixels: int = MAX_PIXELS) -> np.ndarray:

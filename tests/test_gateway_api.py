@@ -661,3 +661,27 @@ def test_backend_answer_of_the_wrong_shape_is_502(client, backend, monkeypatch):
     resp = client.post("/v1/predict", data=_png("bag"), content_type="image/png")
     assert resp.status_code == 502
     assert resp.get_json() == _error("backend_error", BACKEND_MESSAGES["backend_error"])
+
+
+# -- pixel budget per request ------------------------------------------------------------------------
+def test_many_large_images_in_one_request_are_413_before_decoding(client):
+    from tests.test_preprocess import png_header_only
+
+    # each 6000x6000 image is under the 40 MP per-image limit; three exceed 80 MP per request
+    big = png_header_only(6000, 6000)
+    files = {"file": [(io.BytesIO(big), f"{n}.png") for n in "abc"]}
+    resp = client.post("/v1/predict", data=files, content_type="multipart/form-data")
+    assert resp.status_code == 413
+    assert resp.get_json() == _error(
+        "image_too_large",
+        "the request's images hold more than 80000000 pixels in total (reached at file 2 "
+        "(c.png)); send fewer or smaller images per request",
+    )
+    b64 = base64.b64encode(big).decode()
+    resp = client.post("/v1/predict", json={"instances": [{"b64": b64}] * 3})
+    assert resp.status_code == 413
+    assert resp.get_json() == _error(
+        "image_too_large",
+        "the request's images hold more than 80000000 pixels in total (reached at instance 2); "
+        "send fewer or smaller images per request",
+    )

@@ -202,6 +202,30 @@ def _decode(data: bytes, cfg: GatewayConfig, where: str | None) -> np.ndarray:
         raise type(exc)(f"{where}: {exc}") from None
 
 
+def _check_request_pixels(blobs: list[bytes], names: list[str], cfg: GatewayConfig) -> None:
+    """413 when a request's images declare more pixels in total than ``max_request_pixels``.
+
+    Only the headers are read, before anything is decoded. Unreadable data is left for
+    `_decode` to report with its usual message.
+    """
+    if len(blobs) < 2:
+        return  # one image: the per-image limit applies
+    from serving.preprocess import PreprocessError, image_pixels
+
+    total = 0
+    for data, where in zip(blobs, names, strict=True):
+        try:
+            total += image_pixels(data) if data else 0
+        except PreprocessError:
+            continue  # `_decode` reports it, in order
+        if total > cfg.max_request_pixels:
+            raise errors.too_large(
+                f"the request's images hold more than {cfg.max_request_pixels} pixels in "
+                f"total (reached at {where}); send fewer or smaller images per request",
+                "image_too_large",
+            )
+
+
 def _parse_json(body: bytes, cfg: GatewayConfig) -> list[np.ndarray]:
     from serving.preprocess import PreprocessError, array_to_input
 
@@ -217,10 +241,12 @@ def _parse_json(body: bytes, cfg: GatewayConfig) -> list[np.ndarray]:
         )
     instances = doc["instances"]
     _check_count(len(instances), cfg)
-    out = []
+    # First pass: validate the shape of every instance and decode base64, so the pixel budget
+    # is checked from the image headers before any image is decoded.
+    images: dict[int, bytes] = {}
     for i, inst in enumerate(instances):
-        where = f"instance {i}"
         if isinstance(inst, dict):
+            where = f"instance {i}"
             b64 = inst.get("b64")
             if set(inst) != {"b64"} or not isinstance(b64, str):
                 raise errors.bad_request(
@@ -228,12 +254,17 @@ def _parse_json(body: bytes, cfg: GatewayConfig) -> list[np.ndarray]:
                     "invalid_json",
                 )
             try:
-                data = base64.b64decode(b64, validate=True)
+                images[i] = base64.b64decode(b64, validate=True)
             except (binascii.Error, ValueError):
                 raise errors.bad_request(
                     f"{where}: b64 is not valid base64", "invalid_image"
                 ) from None
-            out.append(_decode(data, cfg, where))
+    _check_request_pixels(list(images.values()), [f"instance {i}" for i in images], cfg)
+    out = []
+    for i, inst in enumerate(instances):
+        where = f"instance {i}"
+        if i in images:
+            out.append(_decode(images[i], cfg, where))
         elif isinstance(inst, list):
             try:
                 out.append(array_to_input(inst))
@@ -290,10 +321,10 @@ def _read_inputs(cfg: GatewayConfig) -> list[np.ndarray]:
     if mimetype == MULTIPART_TYPE:
         files = [f for _, f in request.files.items(multi=True)]
         _check_count(len(files), cfg)
-        return [
-            _decode(f.read(), cfg, f"file {i} ({f.filename or f.name})")
-            for i, f in enumerate(files)
-        ]
+        blobs = [f.read() for f in files]
+        names = [f"file {i} ({f.filename or f.name})" for i, f in enumerate(files)]
+        _check_request_pixels(blobs, names, cfg)
+        return [_decode(data, cfg, where) for data, where in zip(blobs, names, strict=True)]
     if mimetype == JSON_TYPE:
         return _parse_json(request.get_data(cache=False), cfg)
     got = mimetype or "none"

@@ -59,10 +59,12 @@ class GatewayConfig:
     # Deadline of one backend call, and how often an UNAVAILABLE backend is retried within it.
     timeout_seconds: float = 5.0
     retries: int = 2
-    # Limits: request body, images per request, decoded pixels per image.
+    # Limits: request body, images per request, decoded pixels per image and per request (a
+    # small body of highly compressible images must not buy minutes of decoding).
     max_body_bytes: int = 10 * 1024 * 1024
     max_batch: int = 256
     max_pixels: int = DEFAULT_MAX_PIXELS
+    max_request_pixels: int = 2 * DEFAULT_MAX_PIXELS
     # gunicorn process model (used by `python -m serving.gateway` / gunicorn_conf.py).
     host: str = "0.0.0.0"
     port: int = 8080
@@ -175,6 +177,7 @@ class GatewayConfig:
             "max_body_bytes",
             "max_batch",
             "max_pixels",
+            "max_request_pixels",
             "workers",
             "threads",
             "worker_timeout_seconds",
