@@ -34,14 +34,13 @@ from serving.savedmodel import (
 log = logging.getLogger(__name__)
 
 
-class ResourceExhausted(ModelError):
-    """The batching queue is full (HTTP 429)."""
-
-    code = "RESOURCE_EXHAUSTED"
+# TF Serving's shared batch scheduler answers a full queue with UNAVAILABLE and this message
+QUEUE_FULL_MESSAGE = "The batch scheduling queue to which this task was submitted is full"
 
 
 class Unavailable(ModelError):
-    """The server is shutting down or the version went away mid-request (HTTP 503)."""
+    """The batching queue is full, the server is shutting down, or the version went away
+    mid-request (HTTP 503)."""
 
     code = "UNAVAILABLE"
 
@@ -310,8 +309,10 @@ class ServerCore:
         try:
             return batcher.submit(inputs, timeout=timeout_s)
         except TimeoutError as exc:
-            raise DeadlineExceeded(f"no result within {timeout_s}s (batching queue)") from exc
+            raise DeadlineExceeded(
+                f"Deadline Exceeded: no result within {timeout_s:g}s (batching queue)"
+            ) from exc
         except QueueFullError as exc:
-            raise ResourceExhausted(str(exc)) from exc
+            raise Unavailable(QUEUE_FULL_MESSAGE) from exc
         except BatcherClosed as exc:
             raise Unavailable(f"model {name} version {model.version} is being unloaded") from exc

@@ -4,7 +4,7 @@
 ``Regress``, ``MultiInference`` keep the base class's UNIMPLEMENTED answer);
 ``tensorflow.serving.ModelService``: ``GetModelStatus`` and ``HandleReloadConfigRequest``.
 Error codes follow TF Serving: unknown model or version NOT_FOUND, bad input
-INVALID_ARGUMENT, full batching queue RESOURCE_EXHAUSTED.
+INVALID_ARGUMENT, full batching queue UNAVAILABLE.
 """
 
 from __future__ import annotations

@@ -8,8 +8,9 @@ Paths (case-insensitive, as TF Serving matches them)::
     GET  <monitoring.config path>                            -> Prometheus metrics (if enabled)
 
 Errors are ``{"error": "<message>"}`` with TF Serving's gRPC-code -> HTTP mapping (NOT_FOUND 404,
-INVALID_ARGUMENT 400, RESOURCE_EXHAUSTED 429, ...); any other ``/v1/`` request is
-``400 Malformed request: METHOD PATH`` like TF Serving; ``:classify``/``:regress`` answer 501.
+INVALID_ARGUMENT 400, UNAVAILABLE 503, ...); any other ``/v1/`` request is
+``400 Malformed request: METHOD PATH`` like TF Serving; ``:classify``/``:regress`` answer 501;
+a method without a handler (HEAD, PATCH, ...) answers a JSON 405 and closes the connection.
 
 Why ``http.server.ThreadingHTTPServer``: it is in the standard library (nothing extra in the
 image), speaks HTTP/1.1 keep-alive, and runs each connection in its own thread, so a slow
@@ -207,15 +208,50 @@ class _Handler(BaseHTTPRequestHandler):
             )
         return self.rfile.read(n)
 
+    def _body(self, method: str) -> bytes:
+        """Read the request body; close the connection whenever bytes of it may be left unread,
+        so they are never parsed as the next request on this keep-alive connection."""
+        if method not in ("POST", "PUT"):
+            length = self.headers.get("Content-Length", "0").strip()
+            if self.headers.get("Transfer-Encoding") or length not in ("", "0"):
+                self.close_connection = True  # a body nobody reads
+            return b""
+        try:
+            return self._read_body()
+        except BaseException:
+            self.close_connection = True
+            raise
+
     def _send(self, code: int, body: bytes, content_type: str = "application/json") -> None:
         self.send_response(code)
         self.send_header("Content-Type", content_type)
         self.send_header("Content-Length", str(len(body)))
         if self.server.draining:
-            self.send_header("Connection", "close")
             self.close_connection = True
+        if self.close_connection:
+            self.send_header("Connection", "close")
         self.end_headers()
         if self.command != "HEAD":
+            self.wfile.write(body)
+
+    def send_error(self, code: int, message: str | None = None, explain: str | None = None) -> None:
+        """The stdlib's errors (unsupported method, malformed request line, oversized headers)
+        as ``{"error": ...}`` JSON like every other answer, and the connection closed: the
+        request's body, if any, was not read."""
+        self.close_connection = True
+        if message is None:
+            message = self.responses.get(code, ("Error",))[0]
+        if code == 501 and message.startswith("Unsupported method"):
+            # a method without a handler (HEAD, PATCH, OPTIONS, ...)
+            code, message = 405, f"Method not allowed: {self.command} {self.path}"
+        self.log_error("code %d, message %s", code, message)
+        body = dumps({"error": message})
+        self.send_response(code)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.send_header("Connection", "close")
+        self.end_headers()
+        if self.command != "HEAD" and code >= 200 and code not in (204, 304):
             self.wfile.write(body)
 
     def _dispatch(self, method: str) -> None:
@@ -223,7 +259,7 @@ class _Handler(BaseHTTPRequestHandler):
         path = self.path.split("?", 1)[0]
         model_name, api = "", ""
         try:
-            body = self._read_body() if method in ("POST", "PUT") else b""
+            body = self._body(method)
             if self.server.metrics_path and path == self.server.metrics_path and method == "GET":
                 assert self.server.metrics is not None
                 self._send(200, self.server.metrics.render(), CONTENT_TYPE)
@@ -281,7 +317,14 @@ class _Handler(BaseHTTPRequestHandler):
                 return model.signature(sig_name or DEFAULT_SIGNATURE)
 
         sig_name, inputs, fmt = parse_predict_json(body, signature_for)
-        result = core.predict(name, inputs, version=version, label=label, signature_name=sig_name)
+        result = core.predict(
+            name,
+            inputs,
+            version=version,
+            label=label,
+            signature_name=sig_name,
+            timeout_s=self.server.timeout_s,  # --rest_api_timeout_in_ms
+        )
         return dumps(predict_response_json(result.outputs, fmt))
 
 
