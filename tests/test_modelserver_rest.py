@@ -143,3 +143,22 @@ def test_rest_api_timeout_bounds_the_wait_in_the_batching_queue(rest):
     assert r.status_code == 504, r.text
     assert r.json()["error"].startswith("Deadline Exceeded")
     assert time.monotonic() - started < 0.45  # did not wait for the 0.5 s batch timeout
+
+
+def test_grpc_one_value_fill_of_a_huge_shape_is_invalid_argument(channel):
+    from tensorflow.core.framework import tensor_pb2, tensor_shape_pb2, types_pb2
+    from tensorflow_serving.apis import predict_pb2, prediction_service_pb2_grpc
+
+    request = predict_pb2.PredictRequest()
+    request.model_spec.name = MODEL_NAME
+    shape = tensor_shape_pb2.TensorShapeProto(
+        dim=[tensor_shape_pb2.TensorShapeProto.Dim(size=d) for d in (3000000, 28, 28, 1)]
+    )
+    request.inputs["images"].CopyFrom(
+        tensor_pb2.TensorProto(dtype=types_pb2.DT_FLOAT, tensor_shape=shape, float_val=[0.5])
+    )
+    stub = prediction_service_pb2_grpc.PredictionServiceStub(channel)
+    with pytest.raises(grpc.RpcError) as err:
+        stub.Predict(request, timeout=10)
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "more than the limit of 67108864" in err.value.details()

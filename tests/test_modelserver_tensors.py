@@ -104,3 +104,24 @@ def test_predict_response_shapes_follow_tf_serving():
     single = {"y": np.array([1.5, 2.0], np.float32)}
     assert T.predict_response_json(single, "row") == {"predictions": [1.5, 2.0]}
     assert T.dumps({"v": T._jsonable("p", np.array([0.1], np.float32))}) == b'{"v":[0.1]}'
+
+
+@pytest.mark.parametrize(
+    ("dims", "message"),
+    [
+        ([3000000, 28, 28, 1], "would take 9408000000 bytes, more than the limit of 67108864"),
+        ([2**40, 2**40], "more than the limit"),
+        ([0, 2**62, 2**62], "invalid shape"),
+    ],
+)
+def test_one_value_fill_is_capped_before_allocating(dims, message):
+    from tensorflow.core.framework import tensor_pb2, tensor_shape_pb2, types_pb2
+
+    shape = tensor_shape_pb2.TensorShapeProto(
+        dim=[tensor_shape_pb2.TensorShapeProto.Dim(size=d) for d in dims]
+    )
+    proto = tensor_pb2.TensorProto(dtype=types_pb2.DT_FLOAT, tensor_shape=shape, float_val=[0.5])
+    if message == "invalid shape":
+        proto.ClearField("float_val")
+    with pytest.raises(InvalidInput, match=re.escape(message)):
+        T.tensor_proto_to_ndarray(proto, "images")

@@ -40,6 +40,10 @@ _DTYPES: dict[int, tuple[np.dtype, str]] = {
     types_pb2.DT_UINT64: (np.dtype(np.uint64), "uint64_val"),
     types_pb2.DT_STRING: (np.dtype(object), "string_val"),
 }
+# The "one value fills the shape" shorthand allocates the whole tensor from a few bytes of
+# request: cap it at what a whole gRPC message may carry (grpc_service.MAX_MESSAGE_BYTES).
+MAX_FILLED_BYTES = 64 * 1024 * 1024
+
 _NP_TO_DT = {np_dtype: dt for dt, (np_dtype, _) in _DTYPES.items() if np_dtype.kind != "O"}
 
 
@@ -79,9 +83,22 @@ def tensor_proto_to_ndarray(proto: Any, key: str = "input") -> np.ndarray:
     else:
         arr = np.asarray(values, dtype=np_dtype)
     if n == size:
-        return arr.reshape(shape)
+        try:
+            return arr.reshape(shape)
+        except ValueError as exc:  # e.g. [0, 2**62, 2**62]: no values, but no valid shape either
+            raise InvalidInput(f"input '{key}': invalid shape {list(shape)}: {exc}") from None
     if (n == 1 and size > 1) or (n == 0 and size == 0):
-        return np.full(shape, arr[0] if n else 0, dtype=np_dtype)
+        nbytes = size * np_dtype.itemsize
+        if nbytes > MAX_FILLED_BYTES:
+            raise InvalidInput(
+                f"input '{key}': shape {list(shape)} of {dtype_name(proto.dtype)} filled from "
+                f"one value would take {nbytes} bytes, more than the limit of "
+                f"{MAX_FILLED_BYTES}"
+            )
+        try:
+            return np.full(shape, arr[0] if n else 0, dtype=np_dtype)
+        except (ValueError, MemoryError) as exc:
+            raise InvalidInput(f"input '{key}': invalid shape {list(shape)}: {exc}") from None
     raise InvalidInput(
         f"input '{key}': {n} values in {field} do not fill shape {list(shape)} ({size} values)"
     )
