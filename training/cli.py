@@ -197,6 +197,20 @@ def cmd_summary(args: argparse.Namespace) -> int:
     return 0
 
 
+def _check_export_dir(path: Path) -> None:
+    """Raise CliError unless ``path`` exists as a writable folder or could be created.
+
+    Nothing is created here: a run that fails before exporting leaves no folder behind.
+    """
+    existing = path
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        raise CliError(f"cannot create the export folder {path}: {existing} is not a folder")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise CliError(f"cannot create the export folder {path}: {existing} is not writable")
+
+
 def cmd_train(args: argparse.Namespace) -> int:
     """Train, export, evaluate, report."""
     dataset = _load_data(args.data_dir)  # before TensorFlow: a data problem fails fast
@@ -211,10 +225,7 @@ def cmd_train(args: argparse.Namespace) -> int:
             f"version {args.version} already exists in {args.export_dir}; pass --overwrite to "
             f"replace it or omit --version to export as version {next_version(args.export_dir)}"
         )
-    try:  # before training: an export folder that cannot be made fails in seconds, not minutes
-        args.export_dir.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise CliError(f"cannot create the export folder {args.export_dir}: {exc}") from None
+    _check_export_dir(args.export_dir)  # fails in seconds, not after minutes of training
     from training.evaluate import format_table
     from training.pipeline import run_training
     from training.train import RECIPES
