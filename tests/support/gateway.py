@@ -37,7 +37,7 @@ import numpy as np
 
 from serving.labels import NUM_CLASSES
 from serving.tfserving import PredictResult, VersionStatus
-from tests.support.net import free_port
+from tests.support.net import free_port, stop_process
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -121,14 +121,7 @@ class GatewayHandle:
 
     def stop(self, timeout: float = 20.0) -> int:
         """SIGTERM (graceful), wait up to ``timeout`` s, then SIGKILL; return the exit code."""
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(10)
-        return self.proc.returncode
+        return stop_process(self.proc, timeout)
 
 
 def _get(url: str) -> int | None:

@@ -19,7 +19,6 @@ import contextlib
 import json
 import os
 import shutil
-import signal
 import subprocess
 import sys
 import tempfile
@@ -31,7 +30,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from serving.labels import MODEL_NAME
-from tests.support.net import free_port
+from tests.support.net import free_port, stop_process
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -68,14 +67,7 @@ class ModelServerHandle:
 
     def stop(self, timeout: float = 20.0) -> int:
         """SIGTERM, wait up to ``timeout`` s, then SIGKILL; return the exit code."""
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(10)
-        return self.proc.returncode
+        return stop_process(self.proc, timeout)
 
 
 def _status(url: str, model_name: str) -> dict | None:
