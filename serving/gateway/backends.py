@@ -65,9 +65,7 @@ class GrpcBackend:
     kind = "grpc"
 
     def __init__(self, config: GatewayConfig):
-        from serving.tfserving import GrpcClient
-
-        self.client = GrpcClient(
+        self.client = self._client_class()(
             config.backend_target,
             config.model_name,
             version=config.model_version,
@@ -75,6 +73,12 @@ class GrpcBackend:
             timeout=config.timeout_seconds,
             retries=config.retries,
         )
+
+    @staticmethod
+    def _client_class() -> type:
+        from serving.tfserving import GrpcClient
+
+        return GrpcClient
 
     def predict(self, batch: np.ndarray) -> Any:
         """One ``Predict`` call for the whole batch."""
@@ -94,17 +98,11 @@ class RestBackend(GrpcBackend):
 
     kind = "http"
 
-    def __init__(self, config: GatewayConfig):
+    @staticmethod
+    def _client_class() -> type:
         from serving.tfserving import RestClient
 
-        self.client = RestClient(
-            config.backend_target,
-            config.model_name,
-            version=config.model_version,
-            label=config.model_label,
-            timeout=config.timeout_seconds,
-            retries=config.retries,
-        )
+        return RestClient
 
 
 class EmbeddedBackend:
