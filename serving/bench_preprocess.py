@@ -164,7 +164,7 @@ def _reference_images(fn) -> list[dict]:
     """Predictions for the synthetic drawings in tests/support/images (named after their class)."""
     import tensorflow as tf
 
-    from serving.labels import CLASS_NAMES
+    from serving.contract import CLASS_NAMES
 
     paths = sorted(REFERENCE_IMAGES.glob("*.png"))
     if not paths:

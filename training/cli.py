@@ -307,7 +307,7 @@ def cmd_visualize(args: argparse.Namespace) -> int:
     """Feature maps and first-layer filters."""
     import numpy as np
 
-    from serving.labels import CLASS_NAMES
+    from serving.contract import CLASS_NAMES
     from training.evaluate import resolve_version_dir
     from training.visualize import (
         class_examples,

@@ -17,7 +17,7 @@ import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from serving.labels import CLASS_NAMES, IMAGE_SIZE
+from serving.contract import CLASS_NAMES, IMAGE_SIZE
 from training.errors import ImageError
 
 FEATURE_LAYERS = ("conv1", "pool1", "conv2", "pool2")
