@@ -13,7 +13,7 @@ Usage::
     manager = ModelManager("fashion_mnist", "models/fashion_mnist", VersionPolicy.latest(1))
     manager.start()                      # polls the base path every second in a thread
     manager.wait_until_available(60)
-    version, outputs = manager.predict({"images": batch})
+    version, outputs = manager.predict({INPUT_KEY: batch})
     manager.close()
 
 `LoadedModel` wraps one version (``tf.saved_model.load``); `ModelManager` follows TF Serving's
@@ -37,11 +37,10 @@ from typing import Any
 
 import numpy as np
 
-log = logging.getLogger(__name__)
+from serving.backends.types import VersionStatus
+from serving.contract import SIGNATURE_NAME, WARMUP_FILE, list_versions
 
-DEFAULT_SIGNATURE = "serving_default"
-WARMUP_FILE = Path("assets.extra") / "tf_serving_warmup_requests"
-PREDICT_METHOD = "tensorflow/serving/predict"
+log = logging.getLogger(__name__)
 
 
 class ModelError(Exception):
@@ -80,36 +79,6 @@ class State(str, Enum):
     AVAILABLE = "AVAILABLE"
     UNLOADING = "UNLOADING"
     END = "END"
-
-
-@dataclass(frozen=True)
-class VersionStatus:
-    """State of one version; ``error`` is empty when the version is healthy."""
-
-    version: int
-    state: str
-    error: str = ""
-
-
-def list_versions(base_path: str | os.PathLike[str]) -> list[int]:
-    """Return the sorted versions under ``base_path``: integer-named folders with saved_model.pb.
-
-    Anything else (files, ``.tmp-*`` folders being written, folders without a saved_model.pb)
-    is ignored. A missing base path gives an empty list.
-    """
-    base = Path(base_path)
-    try:
-        entries = list(base.iterdir())
-    except (FileNotFoundError, NotADirectoryError):
-        return []
-    versions = []
-    for entry in entries:
-        name = entry.name
-        if not name.isdigit() or not name.isascii():
-            continue
-        if (entry / "saved_model.pb").is_file() or (entry / "saved_model.pbtxt").is_file():
-            versions.append(int(name))
-    return sorted(versions)
 
 
 @dataclass(frozen=True)
@@ -212,9 +181,9 @@ class LoadedModel:
             raise LoadError(f"cannot load SavedModel {p}: {exc}") from exc
         return cls(p, version, obj, signature_defs)
 
-    def signature(self, name: str = DEFAULT_SIGNATURE) -> Signature:
+    def signature(self, name: str = SIGNATURE_NAME) -> Signature:
         """Return a signature by name, or raise `InvalidInput` (as TF Serving does)."""
-        name = name or DEFAULT_SIGNATURE
+        name = name or SIGNATURE_NAME
         try:
             return self.signatures[name]
         except KeyError:
@@ -223,7 +192,7 @@ class LoadedModel:
             ) from None
 
     def check_inputs(
-        self, inputs: Mapping[str, Any], signature_name: str = DEFAULT_SIGNATURE
+        self, inputs: Mapping[str, Any], signature_name: str = SIGNATURE_NAME
     ) -> dict[str, np.ndarray]:
         """Validate and convert ``inputs`` to the signature's dtypes; raise `InvalidInput`."""
         sig = self.signature(signature_name)
@@ -245,7 +214,7 @@ class LoadedModel:
         return out
 
     def predict(
-        self, inputs: Mapping[str, np.ndarray], signature_name: str = DEFAULT_SIGNATURE
+        self, inputs: Mapping[str, np.ndarray], signature_name: str = SIGNATURE_NAME
     ) -> dict[str, np.ndarray]:
         """Run a signature on NumPy inputs and return its outputs as NumPy arrays.
 
@@ -254,7 +223,7 @@ class LoadedModel:
         import tensorflow as tf
 
         checked = self.check_inputs(inputs, signature_name)
-        fn = self._functions[signature_name or DEFAULT_SIGNATURE]
+        fn = self._functions[signature_name or SIGNATURE_NAME]
         try:
             result = fn(**{k: tf.convert_to_tensor(v) for k, v in checked.items()})
         except tf.errors.InvalidArgumentError as exc:
@@ -290,7 +259,7 @@ class LoadedModel:
             request = record.predict_log.request
             inputs = {k: tf.make_ndarray(v) for k, v in request.inputs.items()}
             try:
-                self.predict(inputs, request.model_spec.signature_name or DEFAULT_SIGNATURE)
+                self.predict(inputs, request.model_spec.signature_name or SIGNATURE_NAME)
             except InvalidInput as exc:
                 raise LoadError(f"warmup record {count} failed: {exc}") from exc
             count += 1
@@ -594,7 +563,7 @@ class ModelManager:
         *,
         version: int | None = None,
         label: str | None = None,
-        signature_name: str = DEFAULT_SIGNATURE,
+        signature_name: str = SIGNATURE_NAME,
     ) -> tuple[int, dict[str, np.ndarray]]:
         """Run a prediction on the requested (default: latest) version; return (version, outputs)."""
         with self.acquire(version, label) as model:
@@ -631,6 +600,3 @@ class ModelManager:
                 return True
             time.sleep(0.05)
         return False
-
-
-VersionWatcher = ModelManager  # the name the task description used for the same thing

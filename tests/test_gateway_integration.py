@@ -377,7 +377,7 @@ def test_modelserver_down_then_back(gateways, modelserver, ms_base, ms_ports, te
 
     with modelserver_on_ports(ms_base, *ms_ports, "--file_system_poll_wait_seconds=1"):
         # Each worker's gRPC channel reconnects on its own backoff (at most 2 s, see
-        # serving.tfserving.grpc_client): within a few seconds every request succeeds again.
+        # serving.backends.grpc): within a few seconds every request succeeds again.
         deadline = time.monotonic() + 15
         in_a_row = 0
         while in_a_row < 10:

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import requests
 
-from serving.labels import CLASS_NAMES, MODEL_NAME
+from serving.contract import CLASS_NAMES, MODEL_NAME
 from tests.support.modelserver import model_base_for_tests, start_modelserver
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]

@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 import requests
 
-from serving.labels import MODEL_NAME
+from serving.contract import MODEL_NAME
 from tests.support.modelserver import ROOT, model_base_for_tests, start_modelserver
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]

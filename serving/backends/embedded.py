@@ -1,18 +1,17 @@
-"""Where the gateway's predictions come from: TF Serving over gRPC or REST, or in-process.
+"""The SavedModel in this process as a `Backend`: `ModelManager` plus a micro-batcher.
 
-All backends implement `Backend`: ``predict(batch) -> PredictResult`` (float32 ``[N,28,28,1]``
-in, probabilities ``[N,10]`` and the version that answered out), ``status()`` (the model's
-versions and their TF Serving state names) and ``close()``. Failures are raised as
-``serving.tfserving.errors.BackendError`` subclasses, which `serving.gateway.errors` maps to
-HTTP codes. `make_backend` picks the implementation from ``GATEWAY_BACKEND``:
+The newest (or pinned) version under the base path is served and replaced when a newer one
+appears; concurrent ``predict`` calls are merged into one model call by `Batcher`. This is the
+only backend that runs TensorFlow.
 
-- ``grpc://host:8500`` → `GrpcBackend` (``serving.tfserving.GrpcClient``);
-- ``http://host:8501`` → `RestBackend` (``serving.tfserving.RestClient``);
-- ``embedded:<base path>`` → `EmbeddedBackend` (``serving.savedmodel.ModelManager`` plus
-  ``serving.batching.Batcher``; the only one that imports TensorFlow).
+Example::
 
-Build backends after gunicorn forks its workers (the app factory does, as the app is not
-preloaded): gRPC channels and TensorFlow runtimes must not cross a fork.
+    from serving.backends.embedded import EmbeddedBackend
+    backend = EmbeddedBackend("models/fashion_mnist")
+    backend.predict(batch).probabilities
+    backend.close()
+
+Build it after a server forks its workers: TensorFlow runtimes must not cross a fork.
 """
 
 from __future__ import annotations
@@ -20,138 +19,89 @@ from __future__ import annotations
 import logging
 import os
 import time
-from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
+import tensorflow as tf
 
-# None of these import TensorFlow (savedmodel loads it lazily, on the first model load).
-from serving.batching import Batcher, BatcherClosed, QueueFullError
-from serving.gateway.config import GatewayConfig
-from serving.savedmodel import (
-    InvalidInput,
-    ModelManager,
-    ServableNotFound,
-    VersionPolicy,
-    list_versions,
-)
-from serving.tfserving.base import PredictResult
-from serving.tfserving.errors import (
+from serving.backends.errors import (
     BackendInvalidRequest,
     BackendTimeout,
     BackendUnavailable,
     ModelNotFound,
 )
+from serving.backends.types import PredictResult, VersionStatus
+from serving.batching import Batcher, BatcherClosed, QueueFullError
+from serving.contract import INPUT_KEY, MODEL_NAME, OUTPUT_PROBABILITIES, list_versions
+from serving.savedmodel import InvalidInput, ModelManager, ServableNotFound, VersionPolicy
+
+__all__ = ["EmbeddedBackend"]
 
 log = logging.getLogger(__name__)
 
 
-@runtime_checkable
-class Backend(Protocol):
-    """The interface the gateway's views use."""
-
-    def predict(self, batch: np.ndarray) -> Any:
-        """Probabilities for ``batch``: a ``PredictResult(probabilities, model_version)``."""
-
-    def status(self) -> list[Any]:
-        """Versions of the model as ``VersionStatus(version, state, error)``, newest first."""
-
-    def close(self) -> None:
-        """Release connections, threads and models."""
-
-
-class GrpcBackend:
-    """TF Serving's gRPC ``PredictionService``/``ModelService`` through ``GrpcClient``."""
-
-    kind = "grpc"
-
-    def __init__(self, config: GatewayConfig):
-        self.client = self._client_class()(
-            config.backend_target,
-            config.model_name,
-            version=config.model_version,
-            label=config.model_label,
-            timeout=config.timeout_seconds,
-            retries=config.retries,
-        )
-
-    @staticmethod
-    def _client_class() -> type:
-        from serving.tfserving import GrpcClient
-
-        return GrpcClient
-
-    def predict(self, batch: np.ndarray) -> Any:
-        """One ``Predict`` call for the whole batch."""
-        return self.client.predict(batch)
-
-    def status(self) -> list[Any]:
-        """``GetModelStatus`` of the configured model."""
-        return self.client.model_status()
-
-    def close(self) -> None:
-        """Close the channel."""
-        self.client.close()
-
-
-class RestBackend(GrpcBackend):
-    """TF Serving's REST API (``/v1/models/<name>:predict``) through ``RestClient``."""
-
-    kind = "http"
-
-    @staticmethod
-    def _client_class() -> type:
-        from serving.tfserving import RestClient
-
-        return RestClient
-
-
 class EmbeddedBackend:
-    """The SavedModel in this process: newest (or pinned) version, reloaded when a newer one
-    appears, with concurrent requests merged into one model call by a micro-batcher."""
+    """The versions of one model under ``base_path``, loaded in this process.
 
-    kind = "embedded"
+    ``version`` pins one version (else the newest is served); ``timeout`` bounds each
+    ``predict`` (queueing included). ``batch_max_size`` and ``batch_timeout_ms`` shape the
+    micro-batches, ``model_poll_seconds`` is how often the base path is checked for new
+    versions, ``tf_intra_op_threads``/``tf_inter_op_threads`` size TensorFlow's thread pools
+    (0 = TensorFlow's default).
+    """
 
-    def __init__(self, config: GatewayConfig):
-        self.config = config
-        _configure_tensorflow_threads(config)
+    def __init__(
+        self,
+        base_path: str | os.PathLike[str],
+        model_name: str = MODEL_NAME,
+        *,
+        version: int | None = None,
+        timeout: float = 5.0,
+        batch_max_size: int = 64,
+        batch_timeout_ms: float = 2.0,
+        model_poll_seconds: float = 2.0,
+        tf_intra_op_threads: int = 1,
+        tf_inter_op_threads: int = 1,
+    ) -> None:
+        self.base_path = os.fspath(base_path)
+        self.model_name = model_name
+        self.version = version
+        self.timeout = timeout
+        _configure_tensorflow_threads(tf_intra_op_threads, tf_inter_op_threads)
         policy = (
-            VersionPolicy.specific([config.model_version])
-            if config.model_version is not None
-            else VersionPolicy.latest(1)
+            VersionPolicy.specific([version]) if version is not None else VersionPolicy.latest(1)
         )
         self.manager = ModelManager(
-            config.model_name,
-            config.backend_target,
-            policy,
-            poll_interval_s=config.model_poll_seconds,
+            model_name, self.base_path, policy, poll_interval_s=model_poll_seconds
         )
         self.batcher = Batcher(
             self._run_batch,
-            max_batch_size=config.batch_max_size,
-            batch_timeout_s=config.batch_timeout_ms / 1000.0,
-            name=f"embedded-{config.model_name}",
+            max_batch_size=batch_max_size,
+            batch_timeout_s=batch_timeout_ms / 1000.0,
+            name=f"embedded-{model_name}",
         )
         self._seen_available = False
         self._created = time.monotonic()
-        if not list_versions(config.backend_target):
+        if not list_versions(self.base_path):
             log.warning(
                 "no SavedModel version under %s yet (absolute: %s); not ready until one appears",
-                config.backend_target,
-                os.path.abspath(config.backend_target),
+                self.base_path,
+                os.path.abspath(self.base_path),
             )
         self.manager.start()
 
+    def __repr__(self) -> str:
+        pin = f" version={self.version}" if self.version is not None else ""
+        return f"EmbeddedBackend({self.base_path!r}, {self.model_name!r}{pin})"
+
     def _run_batch(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        version, outputs = self.manager.predict(
-            {"images": batch}, version=self.config.model_version
-        )
-        probs = np.asarray(outputs["probabilities"], dtype=np.float32)
+        version, outputs = self.manager.predict({INPUT_KEY: batch}, version=self.version)
+        probs = np.asarray(outputs[OUTPUT_PROBABILITIES], dtype=np.float32)
         # The version travels with the rows, so each caller learns which version answered it.
         return probs, np.full(len(probs), version, dtype=np.int64)
 
-    def predict(self, batch: np.ndarray) -> Any:
+    def predict(self, batch: np.ndarray) -> PredictResult:
         """Queue ``batch`` for the next merged model call and wait (up to the timeout)."""
-        timeout = self.config.timeout_seconds
+        timeout = self.timeout
         if not self._seen_available:
             timeout = self._wait_first_load(timeout)
         try:
@@ -161,11 +111,9 @@ class EmbeddedBackend:
                 # between them: run it again, so one version answers every row.
                 probs, versions = self.batcher.submit(batch, timeout=timeout)
         except TimeoutError:
-            raise BackendTimeout(
-                f"model did not answer within {self.config.timeout_seconds:g}s"
-            ) from None
+            raise BackendTimeout(f"model did not answer within {self.timeout:g}s") from None
         except ServableNotFound as exc:
-            raise ModelNotFound(f"model {self.config.model_name} is not loaded yet: {exc}") from exc
+            raise ModelNotFound(f"model {self.model_name} is not loaded yet: {exc}") from exc
         except InvalidInput as exc:
             raise BackendInvalidRequest(str(exc)) from exc
         except (QueueFullError, BatcherClosed) as exc:
@@ -188,14 +136,14 @@ class EmbeddedBackend:
                 break  # nothing on its way: answer now instead of at the deadline
             time.sleep(0.05)
         raise ModelNotFound(
-            f"model {self.config.model_name} has no AVAILABLE version under "
-            f"{self.config.backend_target} (states: {sorted(states) or 'none'})"
+            f"model {self.model_name} has no AVAILABLE version under "
+            f"{self.base_path} (states: {sorted(states) or 'none'})"
         )
 
-    def status(self) -> list[Any]:
-        """The manager's per-version states (newest first); empty before the first poll."""
+    def status(self) -> list[VersionStatus]:
+        """The manager's per-version states, newest first; empty before the first poll."""
         try:
-            return self.manager.status(version=self.config.model_version)
+            return self.manager.status(version=self.version)
         except ServableNotFound:
             return []
 
@@ -205,23 +153,10 @@ class EmbeddedBackend:
         self.manager.close()
 
 
-def _configure_tensorflow_threads(config: GatewayConfig) -> None:
+def _configure_tensorflow_threads(intra_op: int, inter_op: int) -> None:
     """Size TensorFlow's thread pools (possible only before TF runs its first op)."""
-    import tensorflow as tf
-
     try:
-        tf.config.threading.set_intra_op_parallelism_threads(config.tf_intra_op_threads)
-        tf.config.threading.set_inter_op_parallelism_threads(config.tf_inter_op_threads)
+        tf.config.threading.set_intra_op_parallelism_threads(intra_op)
+        tf.config.threading.set_inter_op_parallelism_threads(inter_op)
     except RuntimeError as exc:  # TF already initialised in this process (tests, notebooks)
         log.info("TensorFlow thread pools left as they are: %s", exc)
-
-
-def make_backend(config: GatewayConfig) -> Backend:
-    """Build the backend ``config.backend`` names."""
-    kind = config.backend_kind
-    log.info("backend: %s (%s)", kind, config.backend_target)
-    if kind == "grpc":
-        return GrpcBackend(config)
-    if kind == "http":
-        return RestBackend(config)
-    return EmbeddedBackend(config)

@@ -1,12 +1,16 @@
-"""Exceptions raised by the TF Serving clients, each carrying the HTTP status the gateway maps it to.
+"""The errors every backend raises: one hierarchy, no transport or HTTP in it.
 
-``BackendError`` is the base; the gateway can answer ``exc.http_status`` with
-``{"error": {"code": exc.code, "message": str(exc)}}`` in one place.
+``BackendError`` is the base; ``code`` is a machine-readable name for the failure. The
+gateway (`serving.gateway.errors`) maps these classes to HTTP answers in one place; the client
+(`client.api`) maps them to its own exceptions.
 """
 
 from __future__ import annotations
 
 __all__ = [
+    "UNKNOWN_LABEL",
+    "BackendBadResponse",
+    "BackendConfigError",
     "BackendError",
     "BackendInvalidRequest",
     "BackendTimeout",
@@ -14,37 +18,43 @@ __all__ = [
     "ModelNotFound",
 ]
 
+#: How TF Serving starts the message for a version label it does not know (gRPC and REST).
+UNKNOWN_LABEL = "Unrecognized servable version label"
+
+
+class BackendConfigError(ValueError):
+    """A backend address or option is malformed (raised by `serving.backends.connect`)."""
+
 
 class BackendError(Exception):
-    """The model server failed or answered something unusable (→ 502)."""
+    """The model backend failed in a way none of the subclasses describes."""
 
-    http_status: int = 502
     code: str = "backend_error"
 
 
-class BackendUnavailable(BackendError):
-    """Connection refused/reset, gRPC UNAVAILABLE or HTTP 503, after the bounded retries (→ 503)."""
+class BackendBadResponse(BackendError):
+    """The backend answered, but not with what the contract promises (missing output, shape)."""
 
-    http_status = 503
+
+class BackendUnavailable(BackendError):
+    """Connection refused/reset, gRPC UNAVAILABLE or HTTP 502/503, after the bounded retries."""
+
     code = "backend_unavailable"
 
 
 class BackendTimeout(BackendError):
-    """The per-call deadline passed before the model server answered (→ 504)."""
+    """The per-call deadline passed before the backend answered."""
 
-    http_status = 504
     code = "backend_timeout"
 
 
 class ModelNotFound(BackendError):
-    """The model, version or label is not (yet) served: HTTP 404 / gRPC NOT_FOUND (→ 503)."""
+    """The model, version or label is not (yet) served: HTTP 404 / gRPC NOT_FOUND."""
 
-    http_status = 503
     code = "model_not_ready"
 
 
 class BackendInvalidRequest(BackendError):
-    """The model server rejected the request: HTTP 400 / gRPC INVALID_ARGUMENT (→ 400)."""
+    """The backend rejected the request: HTTP 400 / gRPC INVALID_ARGUMENT."""
 
-    http_status = 400
     code = "invalid_request"

@@ -4,7 +4,7 @@ Usage::
 
     from tests.support.gateway import FakeBackend, start_gateway
 
-    backend = FakeBackend()                       # implements serving.gateway.backends.Backend
+    backend = FakeBackend()                       # implements serving.backends.Backend
     app = create_app({"max_batch": 4}, backend=backend)
 
     with start_gateway({"GATEWAY_BACKEND": "grpc://127.0.0.1:8500"}) as gw:
@@ -35,8 +35,8 @@ from pathlib import Path
 
 import numpy as np
 
-from serving.labels import NUM_CLASSES
-from serving.tfserving import PredictResult, VersionStatus
+from serving.backends import PredictResult, VersionStatus
+from serving.contract import NUM_CLASSES
 from tests.support.net import free_port, stop_process
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -29,7 +29,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from serving.labels import MODEL_NAME
+from serving.contract import MODEL_NAME
 from tests.support.net import free_port, stop_process
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -137,17 +137,5 @@ def start_modelserver(
 
 
 def model_base_for_tests(request) -> Path:
-    """The session's ``exported_model`` base dir; until training.pipeline exists, an untrained
-    export of the lesson's model (same layers, same signature, warmup records)."""
-    try:
-        import training.pipeline  # noqa: F401
-    except ImportError:
-        pass
-    else:
-        return request.getfixturevalue("exported_model")
-    base = request.getfixturevalue("tmp_path_factory").mktemp("untrained") / MODEL_NAME
-    from training.export import export_model
-    from training.model import build_model
-
-    export_model(build_model(), base, 1)
-    return base
+    """The session's ``exported_model`` base dir (a trained export, version 1)."""
+    return request.getfixturevalue("exported_model")
