@@ -47,7 +47,7 @@ from serving.backends import (
     VersionStatus,
     connect,
 )
-from serving.contract import CLASS_NAMES, MODEL_NAME
+from serving.contract import CLASS_NAMES, GATEWAY_PORT, MODEL_NAME
 from serving.preprocess import PreprocessError, array_to_input, decode_image, to_batch
 
 __all__ = ["GatewayClient", "Input", "Prediction", "TFServingClient", "sniff_content_type"]
@@ -157,7 +157,9 @@ class GatewayClient:
     ``timeout`` (seconds) applies to connecting and to reading the answer.
     """
 
-    def __init__(self, url: str = "http://localhost:8080", timeout: float = 10.0) -> None:
+    def __init__(
+        self, url: str = f"http://localhost:{GATEWAY_PORT}", timeout: float = 10.0
+    ) -> None:
         if not url.startswith(("http://", "https://")):
             raise ValueError(f"gateway URL must start with http:// or https://, got {url!r}")
         self.url = url.rstrip("/")

@@ -19,7 +19,7 @@ Usage::
 `LoadedModel` wraps one version (``tf.saved_model.load``); `ModelManager` follows TF Serving's
 "availability preserving" policy: a new version is loaded before the version it replaces is
 unloaded, and a version being unloaded waits until the requests that hold it have finished.
-TensorFlow is imported lazily, so importing this module is cheap.
+This module imports TensorFlow: only the model server and the embedded backend use it.
 """
 
 from __future__ import annotations
@@ -36,6 +36,10 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import tensorflow as tf
+from tensorflow.core.protobuf import saved_model_pb2
+from tensorflow.python.framework import dtypes
+from tensorflow_serving.apis import prediction_log_pb2
 
 from serving.backends.types import VersionStatus
 from serving.contract import SIGNATURE_NAME, WARMUP_FILE, list_versions
@@ -109,8 +113,6 @@ class Signature:
 
 
 def _spec_from_tensor_info(key: str, info: Any) -> TensorSpec:
-    from tensorflow.python.framework import dtypes
-
     dtype = dtypes.as_dtype(info.dtype)
     np_dtype = np.dtype(object) if dtype.name == "string" else np.dtype(dtype.as_numpy_dtype)
     if info.tensor_shape.unknown_rank:
@@ -122,8 +124,6 @@ def _spec_from_tensor_info(key: str, info: Any) -> TensorSpec:
 
 def read_signature_defs(path: str | os.PathLike[str]) -> dict[str, Any]:
     """Read the ``SignatureDef`` protos of a SavedModel's serving meta graph (no graph loading)."""
-    from tensorflow.core.protobuf import saved_model_pb2
-
     pb = Path(path) / "saved_model.pb"
     saved = saved_model_pb2.SavedModel()
     try:
@@ -167,8 +167,6 @@ class LoadedModel:
     @classmethod
     def load(cls, path: str | os.PathLike[str], version: int | None = None) -> LoadedModel:
         """Load the SavedModel at ``path`` (a version folder); version defaults to its name."""
-        import tensorflow as tf
-
         p = Path(path)
         if version is None:
             if not p.name.isdigit():
@@ -220,8 +218,6 @@ class LoadedModel:
 
         String outputs come back as object arrays of ``bytes``, as ``Tensor.numpy()`` gives them.
         """
-        import tensorflow as tf
-
         checked = self.check_inputs(inputs, signature_name)
         fn = self._functions[signature_name or SIGNATURE_NAME]
         try:
@@ -232,9 +228,6 @@ class LoadedModel:
 
     def warmup_records(self) -> Iterator[Any]:
         """Yield the ``PredictionLog`` records of ``assets.extra/tf_serving_warmup_requests``."""
-        import tensorflow as tf
-        from tensorflow_serving.apis import prediction_log_pb2
-
         path = self.path / WARMUP_FILE
         if not path.is_file():
             return
@@ -249,8 +242,6 @@ class LoadedModel:
         Raises `LoadError` on a record that is not a predict log or does not run, as TF Serving
         refuses to serve a version whose warmup fails.
         """
-        import tensorflow as tf
-
         count = 0
         for record in self.warmup_records():
             kind = record.WhichOneof("log_type")

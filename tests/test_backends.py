@@ -15,6 +15,8 @@ import numpy as np
 import pytest
 
 from serving.backends import (
+    Backend,
+    BackendConfigError,
     BackendError,
     BackendInvalidRequest,
     BackendTimeout,
@@ -22,7 +24,10 @@ from serving.backends import (
     ModelNotFound,
     PredictResult,
     VersionStatus,
+    connect,
+    parse_address,
 )
+from serving.backends.address import Address
 from serving.backends.grpc import GrpcBackend
 from serving.backends.rest import RestBackend
 from tests.support.fake_tfserving import fake_grpc_server, fake_probabilities, fake_rest_server, pb
@@ -385,3 +390,68 @@ def test_unknown_label_is_model_not_found(fake, rest):
     with RestBackend(url, label="nope") as client, pytest.raises(ModelNotFound) as info:
         client.predict(batch_of(1))
     assert str(info.value).endswith(f"HTTP 400: {servicer_details}")
+
+
+# -- connect -------------------------------------------------------------------------------------
+@pytest.mark.parametrize(
+    ("address", "kind", "target"),
+    [
+        ("grpc://tfserving:8500", "grpc", "tfserving:8500"),
+        ("grpc://[::1]:8500/", "grpc", "[::1]:8500"),
+        ("http://tfserving:8501/", "http", "http://tfserving:8501"),
+        ("https://models.example", "http", "https://models.example"),
+        ("embedded:models/fashion_mnist", "embedded", "models/fashion_mnist"),
+    ],
+)
+def test_addresses_are_parsed(address, kind, target):
+    assert parse_address(address) == Address(kind, target)
+
+
+@pytest.mark.parametrize(
+    ("address", "message"),
+    [
+        (
+            "tfserving:8500",
+            "'tfserving:8500': expected grpc://host:port, http://host:port or embedded:<path>",
+        ),
+        ("grpc://tfserving", "'grpc://tfserving': expected grpc://host:port"),
+        ("http://", "'http://': expected http://host:port"),
+        ("embedded:", "'embedded:': expected embedded:<path to the model base dir>"),
+    ],
+)
+def test_a_bad_address_names_the_accepted_forms(address, message):
+    with pytest.raises(BackendConfigError) as info:
+        connect(address)
+    assert str(info.value) == message
+    assert isinstance(info.value, ValueError)
+
+
+def test_connect_is_lazy_and_builds_the_named_backend():
+    port = free_port()  # nothing listens there: building must not fail, the first call must
+    grpc_backend = connect(f"grpc://127.0.0.1:{port}", version=3, timeout=1.0, retries=0)
+    rest_backend = connect(f"http://127.0.0.1:{port}", label="canary", timeout=1.0, retries=0)
+    try:
+        assert isinstance(grpc_backend, GrpcBackend) and isinstance(grpc_backend, Backend)
+        assert (grpc_backend.target, grpc_backend.version) == (f"127.0.0.1:{port}", 3)
+        assert isinstance(rest_backend, RestBackend) and isinstance(rest_backend, Backend)
+        assert rest_backend.label == "canary"
+        for backend in (grpc_backend, rest_backend):
+            with pytest.raises(BackendUnavailable):
+                backend.predict(batch_of(1))
+    finally:
+        grpc_backend.close()
+        rest_backend.close()
+
+
+@pytest.mark.parametrize(
+    ("address", "options", "message"),
+    [
+        ("grpc://127.0.0.1:1", {"version": 1, "label": "x"}, "pin either a version or a label"),
+        ("grpc://127.0.0.1:1", {"timeout": 0}, "timeout must be > 0"),
+        ("http://127.0.0.1:1", {"batch_max_size": 8}, "batch_max_size: only for an embedded:"),
+        ("embedded:/nonexistent", {"label": "canary"}, "a version label needs a grpc://"),
+    ],
+)
+def test_connect_rejects_options_that_do_not_fit(address, options, message):
+    with pytest.raises(BackendConfigError, match=message):
+        connect(address, **options)

@@ -584,7 +584,7 @@ def test_apps_do_not_share_metrics(backend):
 
 
 def test_remote_backends_keep_the_tensorflow_runtime_out():
-    """DESIGN.md: a gateway in front of TF Serving must not need TensorFlow's runtime."""
+    """A gateway in front of TF Serving must not need TensorFlow's runtime."""
     import subprocess
     import sys
 

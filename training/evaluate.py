@@ -25,6 +25,9 @@ from serving.contract import (
 
 METRICS_FILE = "metrics.json"
 
+# TensorFlow is imported inside the two functions that run the model: the CLI uses the rest of
+# this module (resolve_version_dir, format_table) without TensorFlow's runtime.
+
 
 class ModelNotFoundError(Exception):
     """The path holds no SavedModel (neither a version dir nor a base dir with versions)."""

@@ -22,6 +22,7 @@ from pathlib import Path
 import keras
 import numpy as np
 import tensorflow as tf
+from tensorflow_serving.apis import model_pb2, predict_pb2, prediction_log_pb2
 
 from serving.contract import (
     CLASS_NAMES,
@@ -70,8 +71,6 @@ def write_warmup_records(
     TF Serving replays these before marking the version AVAILABLE, so the first real requests
     do not pay for graph tracing. Returns the number of records written.
     """
-    from tensorflow_serving.apis import model_pb2, predict_pb2, prediction_log_pb2
-
     images = np.asarray(images, dtype=np.float32)
     if images.ndim != 4 or images.shape[1:] != (IMAGE_SIZE, IMAGE_SIZE, 1) or len(images) == 0:
         raise ExportError(f"warmup images must be float32 [N,28,28,1], got shape {images.shape}")

@@ -23,8 +23,10 @@ from collections.abc import Callable
 import numpy as np
 
 from serving.backends import _protos
+from serving.backends.errors import BackendError
 from serving.backends.grpc import GrpcBackend
 from serving.backends.rest import RestBackend, encode_batch_json
+from serving.contract import INPUT_KEY, MODEL_NAME
 
 
 def _batch(n: int) -> np.ndarray:
@@ -54,8 +56,8 @@ def bench_encoding(sizes: list[int]) -> list[dict]:
 
         def grpc_request(arr: np.ndarray = arr) -> bytes:
             req = pb.predict_pb2.PredictRequest()
-            req.model_spec.name = "fashion_mnist"
-            tensor = req.inputs["images"]
+            req.model_spec.name = MODEL_NAME
+            tensor = req.inputs[INPUT_KEY]
             tensor.dtype = pb.types_pb2.DT_FLOAT
             for d in arr.shape:
                 tensor.tensor_shape.dim.add(size=d)
@@ -138,8 +140,6 @@ def main(argv: list[str] | None = None) -> int:
     for name, target, cls in targets:
         if not target:
             continue
-        from serving.backends.errors import BackendError
-
         try:
             with cls(target) as client:
                 rows = bench_round_trips(client, sizes, args.calls)

@@ -29,7 +29,7 @@ from serving.backends.errors import (
     BackendUnavailable,
     ModelNotFound,
 )
-from serving.backends.types import PredictResult, VersionStatus
+from serving.backends.types import ClosesOnExit, PredictResult, VersionStatus
 from serving.batching import Batcher, BatcherClosed, QueueFullError
 from serving.contract import INPUT_KEY, MODEL_NAME, OUTPUT_PROBABILITIES, list_versions
 from serving.savedmodel import InvalidInput, ModelManager, ServableNotFound, VersionPolicy
@@ -39,7 +39,7 @@ __all__ = ["EmbeddedBackend"]
 log = logging.getLogger(__name__)
 
 
-class EmbeddedBackend:
+class EmbeddedBackend(ClosesOnExit):
     """The versions of one model under ``base_path``, loaded in this process.
 
     ``version`` pins one version (else the newest is served); ``timeout`` bounds each

@@ -9,6 +9,7 @@ from serving.backends.address import parse_address
 from serving.backends.errors import BackendConfigError
 from serving.backends.grpc import GrpcBackend
 from serving.backends.rest import RestBackend
+from serving.backends.retry import check_call_options
 from serving.backends.types import Backend
 from serving.contract import MODEL_NAME
 
@@ -37,10 +38,7 @@ def connect(
     Raises `BackendConfigError` (a ValueError) on a bad address or option.
     """
     parsed = parse_address(address)
-    if version is not None and label is not None:
-        raise BackendConfigError("pin either a version or a label, not both")
-    if timeout <= 0 or retries < 0:
-        raise BackendConfigError("timeout must be > 0 and retries >= 0")
+    check_call_options(version, label, timeout, retries)
     log.info("backend: %s (%s)", parsed.kind, parsed.target)
     if parsed.kind == "embedded":
         if label is not None:

@@ -15,6 +15,9 @@ Example::
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import Any
+
 import grpc
 import numpy as np
 
@@ -28,8 +31,14 @@ from serving.backends.errors import (
     BackendUnavailable,
     ModelNotFound,
 )
-from serving.backends.retry import call_with_retries
-from serving.backends.types import PredictResult, VersionStatus, check_batch, newest_first
+from serving.backends.retry import call_with_retries, check_call_options
+from serving.backends.types import (
+    ClosesOnExit,
+    PredictResult,
+    VersionStatus,
+    check_batch,
+    newest_first,
+)
 from serving.contract import INPUT_KEY, MODEL_NAME, OUTPUT_PROBABILITIES, SIGNATURE_NAME
 
 __all__ = ["GrpcBackend", "map_rpc_error"]
@@ -72,7 +81,7 @@ def map_rpc_error(exc: grpc.RpcError, what: str) -> BackendError:
     return BackendError(f"{what}: gRPC {name}: {details}")
 
 
-class GrpcBackend:
+class GrpcBackend(ClosesOnExit):
     """One model on TF Serving (or ``serving.modelserver``) over gRPC.
 
     ``version`` or ``label`` pins the served version (ModelSpec.version / version_label);
@@ -90,10 +99,7 @@ class GrpcBackend:
         timeout: float = 5.0,
         retries: int = 2,
     ) -> None:
-        if version is not None and label is not None:
-            raise ValueError("pin either a version or a label, not both")
-        if timeout <= 0 or retries < 0:
-            raise ValueError("timeout must be > 0 and retries >= 0")
+        check_call_options(version, label, timeout, retries)
         self.target = target
         self.model_name = model_name
         self.version = version
@@ -137,20 +143,24 @@ class GrpcBackend:
         tensor.tensor_shape.dim.extend(tensor.tensor_shape.Dim(size=int(d)) for d in arr.shape)
         tensor.tensor_content = arr.tobytes()
         what = f"Predict {self.model_name} on {self.target}"
-
-        def attempt(remaining: float):
-            try:
-                return self._predict(request, timeout=remaining)
-            except grpc.RpcError as exc:
-                raise map_rpc_error(exc, what) from None
-
-        response = call_with_retries(attempt, timeout=self.timeout, retries=self.retries, what=what)
+        response = self._call(self._predict, request, what)
         probabilities = self._read_probabilities(response, arr.shape[0], what)
         if response.model_spec.HasField("version"):
             model_version = int(response.model_spec.version.value)
         else:
             model_version = int(self.version or 0)
         return PredictResult(probabilities=probabilities, model_version=model_version)
+
+    def _call(self, method: Callable[..., Any], request: object, what: str) -> Any:
+        """One RPC within the deadline, retried on UNAVAILABLE; errors as `BackendError`."""
+
+        def attempt(remaining: float) -> Any:
+            try:
+                return method(request, timeout=remaining)
+            except grpc.RpcError as exc:
+                raise map_rpc_error(exc, what) from None
+
+        return call_with_retries(attempt, timeout=self.timeout, retries=self.retries, what=what)
 
     def _read_probabilities(self, response: object, n: int, what: str) -> np.ndarray:
         if OUTPUT_PROBABILITIES not in response.outputs:
@@ -177,14 +187,7 @@ class GrpcBackend:
         request = self._pb.get_model_status_pb2.GetModelStatusRequest()
         self._fill_spec(request.model_spec)
         what = f"GetModelStatus {self.model_name} on {self.target}"
-
-        def attempt(remaining: float):
-            try:
-                return self._status(request, timeout=remaining)
-            except grpc.RpcError as exc:
-                raise map_rpc_error(exc, what) from None
-
-        response = call_with_retries(attempt, timeout=self.timeout, retries=self.retries, what=what)
+        response = self._call(self._status, request, what)
         result = []
         for status in response.model_version_status:
             state = type(status).State.Name(status.state)
@@ -201,9 +204,3 @@ class GrpcBackend:
     def close(self) -> None:
         """Close the channel."""
         self._channel.close()
-
-    def __enter__(self) -> GrpcBackend:
-        return self
-
-    def __exit__(self, *exc_info: object) -> None:
-        self.close()

@@ -35,8 +35,14 @@ from serving.backends.errors import (
     BackendUnavailable,
     ModelNotFound,
 )
-from serving.backends.retry import call_with_retries
-from serving.backends.types import PredictResult, VersionStatus, check_batch, newest_first
+from serving.backends.retry import call_with_retries, check_call_options
+from serving.backends.types import (
+    ClosesOnExit,
+    PredictResult,
+    VersionStatus,
+    check_batch,
+    newest_first,
+)
 from serving.contract import INPUT_KEY, MODEL_NAME, OUTPUT_PROBABILITIES, SIGNATURE_NAME
 
 __all__ = ["RestBackend", "encode_batch_json"]
@@ -113,7 +119,7 @@ def _map_http_error(response: requests.Response, what: str) -> BackendError:
     return BackendError(message)
 
 
-class RestBackend:
+class RestBackend(ClosesOnExit):
     """One model on TF Serving (or ``serving.modelserver``) over its REST API.
 
     ``base_url`` is e.g. ``http://localhost:8501``. ``version`` pins ``/versions/N``, ``label``
@@ -133,10 +139,7 @@ class RestBackend:
         retries: int = 2,
         version_ttl: float = 1.0,
     ) -> None:
-        if version is not None and label is not None:
-            raise ValueError("pin either a version or a label, not both")
-        if timeout <= 0 or retries < 0:
-            raise ValueError("timeout must be > 0 and retries >= 0")
+        check_call_options(version, label, timeout, retries)
         if not base_url.startswith(("http://", "https://")):
             raise ValueError(f"base_url must start with http:// or https://, got {base_url!r}")
         self.base_url = base_url.rstrip("/")
@@ -250,12 +253,6 @@ class RestBackend:
     def close(self) -> None:
         """Close the pooled connections."""
         self._session.close()
-
-    def __enter__(self) -> RestBackend:
-        return self
-
-    def __exit__(self, *exc_info: object) -> None:
-        self.close()
 
 
 def _short(exc: BaseException) -> str:

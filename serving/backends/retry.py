@@ -1,4 +1,4 @@
-"""The deadline and bounded-retry loop shared by the remote backends (gRPC and REST)."""
+"""Call options, and the deadline and bounded-retry loop, shared by the remote backends."""
 
 from __future__ import annotations
 
@@ -7,15 +7,25 @@ import time
 from collections.abc import Callable
 from typing import TypeVar
 
-from serving.backends.errors import BackendTimeout, BackendUnavailable
+from serving.backends.errors import BackendConfigError, BackendTimeout, BackendUnavailable
 
-__all__ = ["call_with_retries"]
+__all__ = ["call_with_retries", "check_call_options"]
 
 log = logging.getLogger(__name__)
 
 _BACKOFF = 0.05  # seconds before the first retry; doubles each time, never past the deadline
 
 T = TypeVar("T")
+
+
+def check_call_options(
+    version: int | None, label: str | None, timeout: float, retries: int
+) -> None:
+    """Raise `BackendConfigError` unless at most one pin is set, ``timeout`` > 0, ``retries`` >= 0."""
+    if version is not None and label is not None:
+        raise BackendConfigError("pin either a version or a label, not both")
+    if not timeout > 0 or retries < 0:
+        raise BackendConfigError("timeout must be > 0 and retries >= 0")
 
 
 def call_with_retries(

@@ -3,11 +3,18 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Protocol, runtime_checkable
+from typing import Protocol, TypeVar, runtime_checkable
 
 import numpy as np
 
-__all__ = ["Backend", "PredictResult", "VersionStatus", "check_batch", "newest_first"]
+__all__ = [
+    "Backend",
+    "ClosesOnExit",
+    "PredictResult",
+    "VersionStatus",
+    "check_batch",
+    "newest_first",
+]
 
 
 @dataclass(frozen=True)
@@ -46,6 +53,22 @@ class Backend(Protocol):
     def close(self) -> None:
         """Release connections, threads and models."""
         ...
+
+
+_C = TypeVar("_C", bound="ClosesOnExit")
+
+
+class ClosesOnExit:
+    """Mixin for backends: ``with backend:`` calls ``close()`` at the end."""
+
+    def close(self) -> None:
+        raise NotImplementedError
+
+    def __enter__(self: _C) -> _C:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
 
 
 def check_batch(batch: np.ndarray) -> np.ndarray:

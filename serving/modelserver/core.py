@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from tensorflow_serving.apis import get_model_status_pb2
 
 from serving.backends.types import VersionStatus
 from serving.batching import Batcher, BatcherClosed, QueueFullError
@@ -75,8 +76,6 @@ HTTP_STATUS = {
 
 def status_proto(statuses: list[VersionStatus]) -> Any:
     """A ``GetModelStatusResponse`` as TF Serving fills it (``status`` always present)."""
-    from tensorflow_serving.apis import get_model_status_pb2
-
     response = get_model_status_pb2.GetModelStatusResponse()
     for s in statuses:
         mvs = response.model_version_status.add()

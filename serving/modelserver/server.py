@@ -17,6 +17,8 @@ import time
 from pathlib import Path
 from typing import Any, NoReturn
 
+from serving.contract import GRPC_PORT, REST_PORT
+
 # The serving modules (config, core, front ends) are imported inside ModelServer and main, not
 # here: they load TensorFlow's runtime (~7 s), which --help and flag errors should not wait for.
 
@@ -75,12 +77,12 @@ def build_parser() -> argparse.ArgumentParser:
         ),
         allow_abbrev=False,
     )
-    p.add_argument("--port", type=_port, default=8500, help="gRPC port (default 8500)")
+    p.add_argument("--port", type=_port, default=GRPC_PORT, help=f"gRPC port (default {GRPC_PORT})")
     p.add_argument(
         "--rest_api_port",
         type=_port,
-        default=8501,
-        help="REST port (default 8501, as in the tensorflow/serving image; 0 disables REST)",
+        default=REST_PORT,
+        help=f"REST port (default {REST_PORT}, as in the tensorflow/serving image; 0 disables REST)",
     )
     p.add_argument(
         "--rest_api_num_threads",
