@@ -5,6 +5,7 @@ end-to-end tests against the real model server are in tests/test_client_e2e.py."
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 import time
@@ -28,6 +29,7 @@ from serving.backends import (
     parse_address,
 )
 from serving.backends.address import Address
+from serving.backends.embedded import EmbeddedBackend
 from serving.backends.grpc import GrpcBackend
 from serving.backends.rest import RestBackend
 from tests.support.fake_tfserving import fake_grpc_server, fake_probabilities, fake_rest_server, pb
@@ -455,3 +457,23 @@ def test_connect_is_lazy_and_builds_the_named_backend():
 def test_connect_rejects_options_that_do_not_fit(address, options, message):
     with pytest.raises(BackendConfigError, match=message):
         connect(address, **options)
+
+
+# -- embedded ------------------------------------------------------------------------------------
+@pytest.mark.slow  # loads the session's exported model in this process
+def test_embedded_backend_serves_the_export_and_raises_backend_errors(exported_model, tmp_path):
+    base = tmp_path / "fashion_mnist"
+    shutil.copytree(exported_model, base)
+    with connect(f"embedded:{base}", timeout=30.0, model_poll_seconds=0.2) as backend:
+        assert isinstance(backend, EmbeddedBackend) and isinstance(backend, Backend)
+        result = backend.predict(batch_of(3))
+        assert result.model_version == 1
+        assert result.probabilities.shape == (3, 10)
+        np.testing.assert_allclose(result.probabilities.sum(axis=1), 1.0, atol=1e-5)
+        assert backend.status() == [VersionStatus(1, "AVAILABLE", "")]
+        with pytest.raises(BackendInvalidRequest, match="expects shape"):
+            backend.predict(np.zeros((1, 27, 28, 1), np.float32))
+    with connect(f"embedded:{tmp_path / 'empty'}", timeout=2.0) as empty:
+        assert empty.status() == []
+        with pytest.raises(ModelNotFound, match="has no AVAILABLE version"):
+            empty.predict(batch_of(1))

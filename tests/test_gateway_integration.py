@@ -25,6 +25,7 @@ import requests
 from PIL import Image
 from prometheus_client.parser import text_string_to_metric_families
 
+from serving.contract import list_versions
 from tests.support.gateway import modelserver_on_ports, start_gateway
 from tests.support.net import free_port
 
@@ -297,7 +298,7 @@ def _hammer(url: str, png: bytes, stop: threading.Event, out: list) -> None:
 def test_new_version_takes_over_without_failures(gateways, test_pngs, request, kind, base_fixture):
     url = gateways[kind].url
     base: Path = request.getfixturevalue(base_fixture)
-    new = max(int(p.name) for p in base.iterdir() if p.name.isdigit()) + 1
+    new = list_versions(base)[-1] + 1
     _, pngs = test_pngs
     stop, results = threading.Event(), []
     workers = [
@@ -331,7 +332,7 @@ def test_new_version_takes_over_without_failures(gateways, test_pngs, request, k
 def test_pinned_versions(gateways, ms_base, ms_ports, test_pngs):
     """GATEWAY_MODEL_VERSION: the served version answers; a version not served is not ready."""
     _, pngs = test_pngs
-    served = max(int(p.name) for p in ms_base.iterdir() if p.name.isdigit())  # after the swap
+    served = list_versions(ms_base)[-1]  # after the swap
     post = dict(data=pngs[0], headers={"Content-Type": "image/png"}, timeout=30)
     pinned = {**_remote_env(f"grpc://127.0.0.1:{ms_ports[0]}"), "GATEWAY_WORKERS": "1"}
     with start_gateway({**pinned, "GATEWAY_MODEL_VERSION": str(served)}) as gw:
