@@ -20,9 +20,10 @@ pixel values (the dataset's form: light object on black), or a list of those; an
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
 import os
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -37,7 +38,17 @@ from client.errors import (
     ClientTimeout,
     ServerError,
 )
-from serving.labels import CLASS_NAMES, MODEL_NAME
+from serving.backends import (
+    BackendError,
+    BackendInvalidRequest,
+    BackendTimeout,
+    BackendUnavailable,
+    ModelNotFound,
+    VersionStatus,
+    connect,
+)
+from serving.contract import CLASS_NAMES, GATEWAY_PORT, MODEL_NAME
+from serving.preprocess import PreprocessError, array_to_input, decode_image, to_batch
 
 __all__ = ["GatewayClient", "Input", "Prediction", "TFServingClient", "sniff_content_type"]
 
@@ -139,14 +150,16 @@ def _pixel_list(item: np.ndarray, index: int) -> list:
 
 
 class GatewayClient:
-    """HTTP client for the gateway's ``/v1/predict`` (see DESIGN.md, "Gateway HTTP API").
+    """HTTP client for the gateway's ``/v1/predict`` (docs/ARCHITECTURE.md, "Gateway HTTP API").
 
     One image goes as the raw body with its ``Content-Type``; several images as
     ``multipart/form-data``; pixel arrays (mixed with images or not) as JSON ``instances``.
     ``timeout`` (seconds) applies to connecting and to reading the answer.
     """
 
-    def __init__(self, url: str = "http://localhost:8080", timeout: float = 10.0) -> None:
+    def __init__(
+        self, url: str = f"http://localhost:{GATEWAY_PORT}", timeout: float = 10.0
+    ) -> None:
         if not url.startswith(("http://", "https://")):
             raise ValueError(f"gateway URL must start with http:// or https://, got {url!r}")
         self.url = url.rstrip("/")
@@ -275,11 +288,35 @@ def _parse_predictions(response: requests.Response, n: int) -> list[Prediction]:
         raise ClientError(f"unexpected answer from {response.url}: {exc}") from None
 
 
+# The HTTP status the gateway answers each backend error with (serving.gateway.errors);
+# ServerError.status carries it for direct calls too. A test checks that the two agree.
+_GATEWAY_STATUS: tuple[tuple[type[BackendError], int], ...] = (
+    (BackendInvalidRequest, 400),
+    (ModelNotFound, 503),
+    (BackendError, 502),
+)
+
+
+@contextlib.contextmanager
+def _client_errors() -> Iterator[None]:
+    """Re-raise `serving.backends` errors as the client's own exceptions."""
+    try:
+        yield
+    except BackendUnavailable as exc:
+        raise ClientConnectionError(str(exc)) from None
+    except BackendTimeout as exc:
+        raise ClientTimeout(str(exc)) from None
+    except BackendError as exc:
+        status = next(code for cls, code in _GATEWAY_STATUS if isinstance(exc, cls))
+        raise ServerError(status, exc.code, str(exc)) from None
+
+
 class TFServingClient:
     """Talk to TF Serving (or ``serving.modelserver``) directly, preprocessing locally.
 
     ``protocol="grpc"``: ``target`` is ``host:port`` (8500), the batch goes as ``tensor_content``.
-    ``protocol="rest"``: ``target`` is ``http://host:port`` (8501).
+    ``protocol="rest"``: ``target`` is ``http://host:port`` (8501). The backend is built by
+    `serving.backends.connect`.
     """
 
     def __init__(
@@ -293,18 +330,20 @@ class TFServingClient:
         label: str | None = None,
         retries: int = 2,
     ) -> None:
-        from serving.tfserving import GrpcClient, RestClient
-
         if protocol == "grpc":
-            self._backend: Any = GrpcClient(
-                target, model_name, version=version, label=label, timeout=timeout, retries=retries
-            )
+            address = f"grpc://{target}"
         elif protocol == "rest":
-            self._backend = RestClient(
-                target, model_name, version=version, label=label, timeout=timeout, retries=retries
-            )
+            address = target
         else:
             raise ValueError(f"protocol must be 'grpc' or 'rest', got {protocol!r}")
+        self._backend = connect(
+            address,
+            model_name=model_name,
+            version=version,
+            label=label,
+            timeout=timeout,
+            retries=retries,
+        )
         self.target = target
         self.protocol = protocol
 
@@ -313,8 +352,6 @@ class TFServingClient:
 
     def preprocess(self, inputs: Input | Sequence[Input]) -> np.ndarray:
         """The float32 ``[N, 28, 28, 1]`` batch that :meth:`predict` sends."""
-        from serving.preprocess import PreprocessError, array_to_input, decode_image, to_batch
-
         tensors = []
         for i, item in enumerate(_as_items(inputs)):
             try:
@@ -332,34 +369,18 @@ class TFServingClient:
 
     def predict(self, inputs: Input | Sequence[Input]) -> list[Prediction]:
         """Classify one input or a list of inputs → one :class:`Prediction` per input, in order."""
-        from serving.tfserving.errors import BackendError, BackendTimeout, BackendUnavailable
-
         batch = self.preprocess(inputs)
-        try:
+        with _client_errors():
             result = self._backend.predict(batch)
-        except BackendUnavailable as exc:
-            raise ClientConnectionError(str(exc)) from None
-        except BackendTimeout as exc:
-            raise ClientTimeout(str(exc)) from None
-        except BackendError as exc:
-            raise ServerError(exc.http_status, exc.code, str(exc)) from None
         return [
             Prediction.from_probabilities(row, result.model_version)
             for row in result.probabilities.tolist()
         ]
 
-    def model_status(self) -> list[Any]:
-        """The model's versions and states (``serving.tfserving.VersionStatus`` list)."""
-        from serving.tfserving.errors import BackendError, BackendTimeout, BackendUnavailable
-
-        try:
-            return self._backend.model_status()
-        except BackendUnavailable as exc:
-            raise ClientConnectionError(str(exc)) from None
-        except BackendTimeout as exc:
-            raise ClientTimeout(str(exc)) from None
-        except BackendError as exc:
-            raise ServerError(exc.http_status, exc.code, str(exc)) from None
+    def model_status(self) -> list[VersionStatus]:
+        """The model's versions and states, newest first."""
+        with _client_errors():
+            return self._backend.status()
 
     def close(self) -> None:
         """Close the connection."""

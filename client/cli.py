@@ -39,9 +39,10 @@ from client.errors import (
     ClientTimeout,
     ServerError,
 )
+from serving.contract import GATEWAY_PORT
 
 EXIT_OK, EXIT_USAGE, EXIT_INPUT, EXIT_UNREACHABLE, EXIT_SERVER = 0, 2, 3, 4, 5
-DEFAULT_GATEWAY = "http://localhost:8080"
+DEFAULT_GATEWAY = f"http://localhost:{GATEWAY_PORT}"
 
 
 def build_parser() -> argparse.ArgumentParser:

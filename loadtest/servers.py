@@ -39,7 +39,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
 
-from serving.labels import MODEL_NAME
+from serving.contract import MODEL_NAME
 
 ROOT = Path(__file__).resolve().parents[1]
 POLL_SECONDS = 0.2

@@ -9,7 +9,7 @@ image is measured for each alteration.
 
 Usage::
 
-    FASHION_MNIST_DIR=/work/shared/data/fashion-mnist \\
+    FASHION_MNIST_DIR=/path/to/fashion-mnist \\
         python -m serving.bench_preprocess --model models/fashion_mnist [--limit 10000]
 
 Writes a Markdown table to stdout (and ``--json PATH`` for the raw numbers). Exit code 1 when an
@@ -32,6 +32,7 @@ import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
+from serving.contract import CLASS_NAMES, INPUT_KEY, OUTPUT_CLASS_IDS, OUTPUT_PROBABILITIES
 from serving.preprocess import decode_image, to_batch
 
 log = logging.getLogger("bench_preprocess")
@@ -106,8 +107,8 @@ def _classify(fn, batch: np.ndarray, chunk: int = 1000) -> np.ndarray:
 
     ids = []
     for start in range(0, len(batch), chunk):
-        out = fn(images=tf.constant(batch[start : start + chunk]))
-        ids.append(out["class_ids"].numpy())
+        out = fn(**{INPUT_KEY: tf.constant(batch[start : start + chunk])})
+        ids.append(out[OUTPUT_CLASS_IDS].numpy())
     return np.concatenate(ids)
 
 
@@ -164,13 +165,11 @@ def _reference_images(fn) -> list[dict]:
     """Predictions for the synthetic drawings in tests/support/images (named after their class)."""
     import tensorflow as tf
 
-    from serving.labels import CLASS_NAMES
-
     paths = sorted(REFERENCE_IMAGES.glob("*.png"))
     if not paths:
         return []
     batch = to_batch([decode_image(p.read_bytes()) for p in paths])
-    probs = fn(images=tf.constant(batch))["probabilities"].numpy()
+    probs = fn(**{INPUT_KEY: tf.constant(batch)})[OUTPUT_PROBABILITIES].numpy()
     return [
         {"file": p.name, "label": CLASS_NAMES[int(row.argmax())], "confidence": float(row.max())}
         for p, row in zip(paths, probs, strict=True)

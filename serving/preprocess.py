@@ -48,7 +48,7 @@ from PIL import (
     WebPImagePlugin,
 )
 
-from serving.labels import IMAGE_SIZE
+from serving.contract import IMAGE_SIZE
 
 __all__ = [
     "MAX_PIXELS",

@@ -13,13 +13,13 @@ Usage::
     manager = ModelManager("fashion_mnist", "models/fashion_mnist", VersionPolicy.latest(1))
     manager.start()                      # polls the base path every second in a thread
     manager.wait_until_available(60)
-    version, outputs = manager.predict({"images": batch})
+    version, outputs = manager.predict({INPUT_KEY: batch})
     manager.close()
 
 `LoadedModel` wraps one version (``tf.saved_model.load``); `ModelManager` follows TF Serving's
 "availability preserving" policy: a new version is loaded before the version it replaces is
 unloaded, and a version being unloaded waits until the requests that hold it have finished.
-TensorFlow is imported lazily, so importing this module is cheap.
+This module imports TensorFlow: only the model server and the embedded backend use it.
 """
 
 from __future__ import annotations
@@ -36,12 +36,15 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import tensorflow as tf
+from tensorflow.core.protobuf import saved_model_pb2
+from tensorflow.python.framework import dtypes
+from tensorflow_serving.apis import prediction_log_pb2
+
+from serving.backends.types import VersionStatus
+from serving.contract import SIGNATURE_NAME, WARMUP_FILE, list_versions
 
 log = logging.getLogger(__name__)
-
-DEFAULT_SIGNATURE = "serving_default"
-WARMUP_FILE = Path("assets.extra") / "tf_serving_warmup_requests"
-PREDICT_METHOD = "tensorflow/serving/predict"
 
 
 class ModelError(Exception):
@@ -83,36 +86,6 @@ class State(str, Enum):
 
 
 @dataclass(frozen=True)
-class VersionStatus:
-    """State of one version; ``error`` is empty when the version is healthy."""
-
-    version: int
-    state: str
-    error: str = ""
-
-
-def list_versions(base_path: str | os.PathLike[str]) -> list[int]:
-    """Return the sorted versions under ``base_path``: integer-named folders with saved_model.pb.
-
-    Anything else (files, ``.tmp-*`` folders being written, folders without a saved_model.pb)
-    is ignored. A missing base path gives an empty list.
-    """
-    base = Path(base_path)
-    try:
-        entries = list(base.iterdir())
-    except (FileNotFoundError, NotADirectoryError):
-        return []
-    versions = []
-    for entry in entries:
-        name = entry.name
-        if not name.isdigit() or not name.isascii():
-            continue
-        if (entry / "saved_model.pb").is_file() or (entry / "saved_model.pbtxt").is_file():
-            versions.append(int(name))
-    return sorted(versions)
-
-
-@dataclass(frozen=True)
 class TensorSpec:
     """Name, NumPy dtype and shape (``None`` = any size) of one signature input or output."""
 
@@ -140,8 +113,6 @@ class Signature:
 
 
 def _spec_from_tensor_info(key: str, info: Any) -> TensorSpec:
-    from tensorflow.python.framework import dtypes
-
     dtype = dtypes.as_dtype(info.dtype)
     np_dtype = np.dtype(object) if dtype.name == "string" else np.dtype(dtype.as_numpy_dtype)
     if info.tensor_shape.unknown_rank:
@@ -153,8 +124,6 @@ def _spec_from_tensor_info(key: str, info: Any) -> TensorSpec:
 
 def read_signature_defs(path: str | os.PathLike[str]) -> dict[str, Any]:
     """Read the ``SignatureDef`` protos of a SavedModel's serving meta graph (no graph loading)."""
-    from tensorflow.core.protobuf import saved_model_pb2
-
     pb = Path(path) / "saved_model.pb"
     saved = saved_model_pb2.SavedModel()
     try:
@@ -198,8 +167,6 @@ class LoadedModel:
     @classmethod
     def load(cls, path: str | os.PathLike[str], version: int | None = None) -> LoadedModel:
         """Load the SavedModel at ``path`` (a version folder); version defaults to its name."""
-        import tensorflow as tf
-
         p = Path(path)
         if version is None:
             if not p.name.isdigit():
@@ -212,9 +179,9 @@ class LoadedModel:
             raise LoadError(f"cannot load SavedModel {p}: {exc}") from exc
         return cls(p, version, obj, signature_defs)
 
-    def signature(self, name: str = DEFAULT_SIGNATURE) -> Signature:
+    def signature(self, name: str = SIGNATURE_NAME) -> Signature:
         """Return a signature by name, or raise `InvalidInput` (as TF Serving does)."""
-        name = name or DEFAULT_SIGNATURE
+        name = name or SIGNATURE_NAME
         try:
             return self.signatures[name]
         except KeyError:
@@ -223,7 +190,7 @@ class LoadedModel:
             ) from None
 
     def check_inputs(
-        self, inputs: Mapping[str, Any], signature_name: str = DEFAULT_SIGNATURE
+        self, inputs: Mapping[str, Any], signature_name: str = SIGNATURE_NAME
     ) -> dict[str, np.ndarray]:
         """Validate and convert ``inputs`` to the signature's dtypes; raise `InvalidInput`."""
         sig = self.signature(signature_name)
@@ -245,16 +212,14 @@ class LoadedModel:
         return out
 
     def predict(
-        self, inputs: Mapping[str, np.ndarray], signature_name: str = DEFAULT_SIGNATURE
+        self, inputs: Mapping[str, np.ndarray], signature_name: str = SIGNATURE_NAME
     ) -> dict[str, np.ndarray]:
         """Run a signature on NumPy inputs and return its outputs as NumPy arrays.
 
         String outputs come back as object arrays of ``bytes``, as ``Tensor.numpy()`` gives them.
         """
-        import tensorflow as tf
-
         checked = self.check_inputs(inputs, signature_name)
-        fn = self._functions[signature_name or DEFAULT_SIGNATURE]
+        fn = self._functions[signature_name or SIGNATURE_NAME]
         try:
             result = fn(**{k: tf.convert_to_tensor(v) for k, v in checked.items()})
         except tf.errors.InvalidArgumentError as exc:
@@ -263,9 +228,6 @@ class LoadedModel:
 
     def warmup_records(self) -> Iterator[Any]:
         """Yield the ``PredictionLog`` records of ``assets.extra/tf_serving_warmup_requests``."""
-        import tensorflow as tf
-        from tensorflow_serving.apis import prediction_log_pb2
-
         path = self.path / WARMUP_FILE
         if not path.is_file():
             return
@@ -280,8 +242,6 @@ class LoadedModel:
         Raises `LoadError` on a record that is not a predict log or does not run, as TF Serving
         refuses to serve a version whose warmup fails.
         """
-        import tensorflow as tf
-
         count = 0
         for record in self.warmup_records():
             kind = record.WhichOneof("log_type")
@@ -290,7 +250,7 @@ class LoadedModel:
             request = record.predict_log.request
             inputs = {k: tf.make_ndarray(v) for k, v in request.inputs.items()}
             try:
-                self.predict(inputs, request.model_spec.signature_name or DEFAULT_SIGNATURE)
+                self.predict(inputs, request.model_spec.signature_name or SIGNATURE_NAME)
             except InvalidInput as exc:
                 raise LoadError(f"warmup record {count} failed: {exc}") from exc
             count += 1
@@ -594,7 +554,7 @@ class ModelManager:
         *,
         version: int | None = None,
         label: str | None = None,
-        signature_name: str = DEFAULT_SIGNATURE,
+        signature_name: str = SIGNATURE_NAME,
     ) -> tuple[int, dict[str, np.ndarray]]:
         """Run a prediction on the requested (default: latest) version; return (version, outputs)."""
         with self.acquire(version, label) as model:
@@ -631,6 +591,3 @@ class ModelManager:
                 return True
             time.sleep(0.05)
         return False
-
-
-VersionWatcher = ModelManager  # the name the task description used for the same thing

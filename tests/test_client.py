@@ -26,9 +26,17 @@ from client import (
     ServerError,
     TFServingClient,
 )
+from client.api import _client_errors
 from client.cli import EXIT_INPUT, EXIT_SERVER, EXIT_UNREACHABLE, EXIT_USAGE
 from loadtest.servers import free_port
-from serving.labels import CLASS_NAMES
+from serving.backends import (
+    BackendBadResponse,
+    BackendError,
+    BackendInvalidRequest,
+    ModelNotFound,
+)
+from serving.contract import CLASS_NAMES
+from serving.gateway.errors import to_api_error
 from serving.preprocess import array_to_input, decode_image, to_batch
 from tests.support.fake_tfserving import fake_grpc_server, fake_probabilities, fake_rest_server
 
@@ -243,6 +251,19 @@ def test_tfserving_client_errors(tmp_path):
             client.predict(bad)
     with pytest.raises(ValueError, match="protocol must be"):
         TFServingClient(target, "http")
+
+
+@pytest.mark.parametrize(
+    "error",
+    [BackendInvalidRequest, ModelNotFound, BackendBadResponse, BackendError],
+)
+def test_direct_server_errors_carry_the_status_the_gateway_would_answer(error):
+    exc = error("scripted")
+    with pytest.raises(ServerError) as info, _client_errors():
+        raise exc
+    gateway = to_api_error(exc)
+    assert (info.value.status, info.value.code) == (gateway.status, gateway.code)
+    assert info.value.message == "scripted"
 
 
 # --- CLI ------------------------------------------------------------------------------------

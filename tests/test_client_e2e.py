@@ -1,5 +1,5 @@
 """End to end against the real model server (``python -m serving.modelserver`` as a subprocess,
-serving the session's exported model): serving.tfserving's GrpcClient/RestClient, the
+serving the session's exported model): serving.backends' GrpcBackend/RestBackend, the
 TFServingClient and the ``python -m client`` CLI over ``--grpc`` and ``--rest``."""
 
 from __future__ import annotations
@@ -13,14 +13,14 @@ import numpy as np
 import pytest
 
 from client import TFServingClient
-from serving.preprocess import decode_image, to_batch
-from serving.tfserving import (
+from serving.backends import (
     BackendInvalidRequest,
-    GrpcClient,
     ModelNotFound,
-    RestClient,
     VersionStatus,
 )
+from serving.backends.grpc import GrpcBackend
+from serving.backends.rest import RestBackend
+from serving.preprocess import decode_image, to_batch
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -63,7 +63,7 @@ def in_process(model_base, test_batch) -> np.ndarray:
 
 @pytest.mark.parametrize("protocol", ["grpc", "rest"])
 def test_predict_matches_the_model_in_process(server, test_batch, in_process, protocol):
-    client = GrpcClient(server.target) if protocol == "grpc" else RestClient(server.url)
+    client = GrpcBackend(server.target) if protocol == "grpc" else RestBackend(server.url)
     with client:
         result = client.predict(test_batch[0])
     assert result.model_version == 1
@@ -75,34 +75,34 @@ def test_predict_matches_the_model_in_process(server, test_batch, in_process, pr
 
 @pytest.mark.parametrize("protocol", ["grpc", "rest"])
 def test_model_status(server, protocol):
-    client = GrpcClient(server.target) if protocol == "grpc" else RestClient(server.url)
+    client = GrpcBackend(server.target) if protocol == "grpc" else RestBackend(server.url)
     with client:
-        assert client.model_status() == [VersionStatus(1, "AVAILABLE", "")]
+        assert client.status() == [VersionStatus(1, "AVAILABLE", "")]
 
 
 @pytest.mark.parametrize("protocol", ["grpc", "rest"])
 def test_pinned_version(server, test_batch, protocol):
-    cls, target = (GrpcClient, server.target) if protocol == "grpc" else (RestClient, server.url)
+    cls, target = (GrpcBackend, server.target) if protocol == "grpc" else (RestBackend, server.url)
     with cls(target, version=1) as client:
         assert client.predict(test_batch[0][:2]).model_version == 1
-        assert client.model_status() == [VersionStatus(1, "AVAILABLE", "")]
+        assert client.status() == [VersionStatus(1, "AVAILABLE", "")]
     with cls(target, version=2) as client, pytest.raises(ModelNotFound):
         client.predict(test_batch[0][:2])
 
 
 @pytest.mark.parametrize("protocol", ["grpc", "rest"])
 def test_unknown_model_is_model_not_found(server, test_batch, protocol):
-    cls, target = (GrpcClient, server.target) if protocol == "grpc" else (RestClient, server.url)
+    cls, target = (GrpcBackend, server.target) if protocol == "grpc" else (RestBackend, server.url)
     with cls(target, "no_such_model") as client:
         with pytest.raises(ModelNotFound):
             client.predict(test_batch[0][:1])
         with pytest.raises(ModelNotFound):
-            client.model_status()
+            client.status()
 
 
 @pytest.mark.parametrize("protocol", ["grpc", "rest"])
 def test_wrong_shape_is_invalid_request(server, protocol):
-    cls, target = (GrpcClient, server.target) if protocol == "grpc" else (RestClient, server.url)
+    cls, target = (GrpcBackend, server.target) if protocol == "grpc" else (RestBackend, server.url)
     with cls(target) as client, pytest.raises(BackendInvalidRequest):
         client.predict(np.zeros((1, 27, 28, 1), np.float32))
 
@@ -127,7 +127,7 @@ def test_preprocessed_dataset_png_equals_raw_tensor(server, dataset, tmp_path):
         paths.append(path)
     raw = (dataset.x_test[:8].astype(np.float32) / 255)[..., None]
     np.testing.assert_array_equal(to_batch([decode_image(p.read_bytes()) for p in paths]), raw)
-    with TFServingClient(server.target, "grpc") as client, GrpcClient(server.target) as direct:
+    with TFServingClient(server.target, "grpc") as client, GrpcBackend(server.target) as direct:
         by_file = np.array([p.probabilities for p in client.predict(paths)], np.float32)
         np.testing.assert_allclose(by_file, direct.predict(raw).probabilities, atol=1e-6)
 
@@ -193,12 +193,12 @@ def labelled_server(model_base, tmp_path_factory):
 @pytest.mark.parametrize("protocol", ["grpc", "rest"])
 def test_label_pinning(labelled_server, test_batch, protocol):
     server = labelled_server
-    cls, target = (GrpcClient, server.target) if protocol == "grpc" else (RestClient, server.url)
+    cls, target = (GrpcBackend, server.target) if protocol == "grpc" else (RestBackend, server.url)
     batch = test_batch[0][:2]
     with cls(target) as client:
-        assert client.model_status() == [
-            VersionStatus(1, "AVAILABLE", ""),
+        assert client.status() == [
             VersionStatus(2, "AVAILABLE", ""),
+            VersionStatus(1, "AVAILABLE", ""),
         ]
         assert client.predict(batch).model_version == 2  # latest
     for label, version in (("stable", 1), ("canary", 2)):

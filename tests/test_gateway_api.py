@@ -21,19 +21,19 @@ import pytest
 from PIL import Image
 from prometheus_client.parser import text_string_to_metric_families
 
-from serving.gateway import create_app
-from serving.gateway.config import GatewayConfig
-from serving.gateway.errors import BACKEND_MESSAGES
-from serving.labels import CLASS_NAMES
-from serving.preprocess import ImageTooLarge, InvalidImage, array_to_input, decode_image
-from serving.tfserving import VersionStatus
-from serving.tfserving.errors import (
+from serving.backends import VersionStatus
+from serving.backends.errors import (
     BackendError,
     BackendInvalidRequest,
     BackendTimeout,
     BackendUnavailable,
     ModelNotFound,
 )
+from serving.contract import CLASS_NAMES
+from serving.gateway import create_app
+from serving.gateway.config import GatewayConfig
+from serving.gateway.errors import BACKEND_MESSAGES
+from serving.preprocess import ImageTooLarge, InvalidImage, array_to_input, decode_image
 from tests.support.gateway import FakeBackend
 
 IMAGES = os.path.join(os.path.dirname(__file__), "support", "images")
@@ -584,7 +584,7 @@ def test_apps_do_not_share_metrics(backend):
 
 
 def test_remote_backends_keep_the_tensorflow_runtime_out():
-    """DESIGN.md: a gateway in front of TF Serving must not need TensorFlow's runtime."""
+    """A gateway in front of TF Serving must not need TensorFlow's runtime."""
     import subprocess
     import sys
 

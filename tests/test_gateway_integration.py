@@ -26,6 +26,7 @@ from PIL import Image
 from prometheus_client.parser import text_string_to_metric_families
 
 from loadtest.servers import free_ports, start_gateway, start_modelserver
+from serving.contract import list_versions
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -300,7 +301,7 @@ def _hammer(url: str, png: bytes, stop: threading.Event, out: list) -> None:
 def test_new_version_takes_over_without_failures(gateways, test_pngs, request, kind, base_fixture):
     url = gateways[kind].url
     base: Path = request.getfixturevalue(base_fixture)
-    new = max(int(p.name) for p in base.iterdir() if p.name.isdigit()) + 1
+    new = list_versions(base)[-1] + 1
     _, pngs = test_pngs
     stop, results = threading.Event(), []
     workers = [
@@ -334,7 +335,7 @@ def test_new_version_takes_over_without_failures(gateways, test_pngs, request, k
 def test_pinned_versions(gateways, ms_base, ms_ports, test_pngs):
     """GATEWAY_MODEL_VERSION: the served version answers; a version not served is not ready."""
     _, pngs = test_pngs
-    served = max(int(p.name) for p in ms_base.iterdir() if p.name.isdigit())  # after the swap
+    served = list_versions(ms_base)[-1]  # after the swap
     post = dict(data=pngs[0], headers={"Content-Type": "image/png"}, timeout=30)
     backend = f"grpc://127.0.0.1:{ms_ports[0]}"
     pinned = {**_remote_env(), "GATEWAY_WORKERS": "1"}
@@ -380,7 +381,7 @@ def test_modelserver_down_then_back(gateways, modelserver, ms_base, ms_ports, te
 
     with _modelserver_on(ms_base, ms_ports):
         # Each worker's gRPC channel reconnects on its own backoff (at most 2 s, see
-        # serving.tfserving.grpc_client): within a few seconds every request succeeds again.
+        # serving.backends.grpc): within a few seconds every request succeeds again.
         deadline = time.monotonic() + 15
         in_a_row = 0
         while in_a_row < 10:

@@ -18,14 +18,14 @@ from openapi_spec_validator import validate as validate_spec
 from referencing import Registry, Resource
 from referencing.jsonschema import DRAFT202012
 
-from serving.gateway import create_app
-from serving.gateway.config import GatewayConfig
-from serving.tfserving.errors import (
+from serving.backends.errors import (
     BackendError,
     BackendInvalidRequest,
     BackendTimeout,
     BackendUnavailable,
 )
+from serving.gateway import create_app
+from serving.gateway.config import GatewayConfig
 from tests.support.gateway import FakeBackend
 
 IMAGES = os.path.join(os.path.dirname(__file__), "support", "images")
@@ -148,7 +148,7 @@ def _scenarios(backend: FakeBackend):
 
     def states(*s):
         def setup():
-            from serving.tfserving import VersionStatus
+            from serving.backends import VersionStatus
 
             backend.states = [VersionStatus(*x) for x in s]
 

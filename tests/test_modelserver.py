@@ -12,7 +12,7 @@ import pytest
 import requests
 
 from loadtest.servers import start_modelserver
-from serving.labels import CLASS_NAMES, MODEL_NAME
+from serving.contract import CLASS_NAMES, MODEL_NAME
 from tests.support.modelserver import model_base_for_tests
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]

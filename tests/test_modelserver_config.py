@@ -8,7 +8,7 @@ import pytest
 
 from serving.modelserver.config import (
     BatchingSettings,
-    ConfigError,
+    ConfigFileError,
     MonitoringSettings,
     load_batching_parameters,
     load_model_server_config,
@@ -44,7 +44,7 @@ def test_base_path_override_refused_for_several_models(tmp_path):
         'config { name: "b" base_path: "/b" } }'
     )
     assert len(load_model_server_config(path).model_config_list.config) == 2
-    with pytest.raises(ConfigError, match="exactly one model, this one has 2"):
+    with pytest.raises(ConfigFileError, match="exactly one model, this one has 2"):
         load_model_server_config(path, base_path_override="/x")
 
 
@@ -68,12 +68,12 @@ def test_base_path_override_refused_for_several_models(tmp_path):
 def test_bad_models_config_is_rejected(tmp_path, text, message):
     path = tmp_path / "models.config"
     path.write_text(text)
-    with pytest.raises(ConfigError, match=message):
+    with pytest.raises(ConfigFileError, match=message):
         load_model_server_config(path)
 
 
 def test_missing_file_is_a_config_error(tmp_path):
-    with pytest.raises(ConfigError, match="cannot read model config file"):
+    with pytest.raises(ConfigFileError, match="cannot read model config file"):
         load_model_server_config(tmp_path / "nope.config")
 
 
@@ -110,10 +110,10 @@ def test_shipped_monitoring_config():
 def test_monitoring_config_errors(tmp_path):
     path = tmp_path / "monitoring.config"
     path.write_text("prometheus_config { enable: yes }")
-    with pytest.raises(ConfigError, match=r"monitoring.config:1:\d+: "):
+    with pytest.raises(ConfigFileError, match=r"monitoring.config:1:\d+: "):
         load_monitoring_config(path)
     path.write_text('prometheus_config { enable: true path: "metrics" }')
-    with pytest.raises(ConfigError, match="must start with '/'"):
+    with pytest.raises(ConfigFileError, match="must start with '/'"):
         load_monitoring_config(path)
 
 
@@ -131,13 +131,13 @@ def test_batching_defaults_and_errors(tmp_path):
     assert params.max_batch_size == 8
     assert params.batch_timeout_micros == 0 and params.max_enqueued_batches == 10
     path.write_text("max_batch_size { value: 0 }\n")
-    with pytest.raises(ConfigError, match="max_batch_size must be >= 1, got 0"):
+    with pytest.raises(ConfigFileError, match="max_batch_size must be >= 1, got 0"):
         load_batching_parameters(path)
     path.write_text("max_batch_size: 8\n")  # a wrapper type needs { value: ... }
-    with pytest.raises(ConfigError, match=r"batching\.config:1:"):
+    with pytest.raises(ConfigFileError, match=r"batching\.config:1:"):
         load_batching_parameters(path)
     path.write_text("max_batch_size { value: 8 }\nallowed_batch_sizes: 4\n")
-    with pytest.raises(ConfigError, match="last allowed_batch_sizes entry must equal"):
+    with pytest.raises(ConfigFileError, match="last allowed_batch_sizes entry must equal"):
         load_batching_parameters(path)
 
 

@@ -18,7 +18,7 @@ import pytest
 import requests
 
 from loadtest.servers import ROOT, start_modelserver
-from serving.labels import MODEL_NAME
+from serving.contract import MODEL_NAME
 from tests.support.modelserver import model_base_for_tests
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import requests
 
-from serving.labels import MODEL_NAME
+from serving.contract import MODEL_NAME
 from serving.modelserver.config import BatchingSettings, single_model_config
 from serving.modelserver.core import ServerCore
 from serving.modelserver.grpc_service import create_grpc_server

@@ -10,7 +10,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from serving.labels import CLASS_NAMES
+from serving.backends import VersionStatus
+from serving.contract import CLASS_NAMES, list_versions
 from serving.savedmodel import (
     InvalidInput,
     LoadedModel,
@@ -18,8 +19,6 @@ from serving.savedmodel import (
     ServableNotFound,
     UnknownLabel,
     VersionPolicy,
-    VersionStatus,
-    list_versions,
 )
 from tests.support.modelserver import model_base_for_tests
 

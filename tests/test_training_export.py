@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from serving.labels import CLASS_NAMES, MODEL_NAME
+from serving.contract import CLASS_NAMES, MODEL_NAME, list_versions
 
 pytestmark = pytest.mark.slow  # needs the session's trained model (about 15 s, once)
 
@@ -150,7 +150,7 @@ def _entries(base: Path) -> list[str]:
 
 
 def test_second_export_becomes_version_2(base_copy: Path, small_model) -> None:
-    from training.export import export_model, list_versions
+    from training.export import export_model
 
     path = export_model(small_model, base_copy)
     assert path == base_copy / "2"
@@ -218,11 +218,15 @@ def test_invalid_version(tmp_path: Path, small_model, bad) -> None:
     assert _entries(tmp_path) == []
 
 
-def test_next_version_ignores_non_integer_entries(tmp_path: Path) -> None:
+def test_next_version_follows_list_versions_and_skips_taken_names(tmp_path: Path) -> None:
     from training.export import next_version
 
     assert next_version(tmp_path / "missing") == 1
-    for name in ("3", "10", ".tmp-11-123", "abc", "2.5"):
+    for name in ("3", "10", ".tmp-11-123", "abc", "2.5", "40"):
         (tmp_path / name).mkdir()
+    for name in ("3", "10", ".tmp-11-123"):
+        (tmp_path / name / "saved_model.pb").write_bytes(b"")
+    assert next_version(tmp_path) == 11  # 40 holds no SavedModel: not a version
+    (tmp_path / "11").mkdir()  # an empty integer folder left by hand is not overwritten
     (tmp_path / "12").write_text("a file, not a version")
-    assert next_version(tmp_path) == 11
+    assert next_version(tmp_path) == 13

@@ -4,7 +4,7 @@ Examples::
 
     python -m training summary
     python -m training train --quick --export-dir models/fashion_mnist
-    python -m training train --data-dir ../shared/data/fashion-mnist --epochs 12 --batch-size 64 \\
+    python -m training train --data-dir "$FASHION_MNIST_DIR" --epochs 12 --batch-size 64 \\
         --seed 42 --export-dir models/fashion_mnist [--version 3] [--max-train-samples 5000]
     python -m training evaluate models/fashion_mnist
     python -m training inspect models/fashion_mnist/1
@@ -26,6 +26,26 @@ import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
+
+import numpy as np
+
+from serving.contract import CLASS_NAMES
+from training.data import DataError, load_fashion_mnist
+from training.errors import ExportError, ImageError, RecipeError
+from training.evaluate import ModelNotFoundError, evaluate_export, format_table, resolve_version_dir
+from training.visualize import (
+    class_examples,
+    image_to_model_input,
+    load_keras_model,
+    plot_feature_maps,
+    plot_filter_demo,
+    plot_first_layer_filters,
+    read_grayscale,
+)
+
+# Modules that import TensorFlow/Keras at their top (training.model, .train, .pipeline, .export)
+# are imported inside the commands that need them: --help, usage errors and the TF-free
+# commands must not wait seconds for TensorFlow's runtime.
 
 log = logging.getLogger("training")
 
@@ -160,8 +180,6 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _load_data(data_dir: Path | None):
-    from training.data import load_fashion_mnist
-
     return load_fashion_mnist(data_dir)
 
 
@@ -210,7 +228,6 @@ def cmd_train(args: argparse.Namespace) -> int:
             f"replace it or omit --version to export as version {next_version(args.export_dir)}"
         )
     _check_export_dir(args.export_dir)  # fails in seconds, not after minutes of training
-    from training.evaluate import format_table
     from training.pipeline import run_training
     from training.train import RECIPES
 
@@ -239,11 +256,8 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
     """Evaluate an export on the test set."""
-    from training.evaluate import format_table, resolve_version_dir
-
     version_dir = resolve_version_dir(args.export)
     dataset = _load_data(args.data_dir)
-    from training.evaluate import evaluate_export
 
     metrics = evaluate_export(version_dir, dataset)
     print(f"model: {version_dir}")
@@ -290,7 +304,6 @@ def _shape(shape) -> str:
 
 def cmd_inspect(args: argparse.Namespace) -> int:
     """Print the signatures of an export."""
-    from training.evaluate import resolve_version_dir
 
     version_dir = resolve_version_dir(args.export)
     sys.stdout.write(describe_signatures(version_dir))
@@ -305,17 +318,6 @@ def cmd_inspect(args: argparse.Namespace) -> int:
 
 def cmd_visualize(args: argparse.Namespace) -> int:
     """Feature maps and first-layer filters."""
-    import numpy as np
-
-    from serving.labels import CLASS_NAMES
-    from training.evaluate import resolve_version_dir
-    from training.visualize import (
-        class_examples,
-        image_to_model_input,
-        load_keras_model,
-        plot_feature_maps,
-        plot_first_layer_filters,
-    )
 
     version_dir = resolve_version_dir(args.model)
     if args.image is not None:
@@ -343,7 +345,6 @@ def cmd_visualize(args: argparse.Namespace) -> int:
 
 def cmd_filter(args: argparse.Namespace) -> int:
     """The hand-written filter + max-pooling demo."""
-    from training.visualize import plot_filter_demo, read_grayscale
 
     if (args.image is None) == (args.test_index is None):
         raise CliError("give either an IMAGE file or --test-index N (not both)")
@@ -380,9 +381,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
-    from training.data import DataError
-    from training.errors import ExportError, ImageError, RecipeError
-    from training.evaluate import ModelNotFoundError
 
     try:
         return COMMANDS[args.command](args)

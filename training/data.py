@@ -3,7 +3,7 @@
 Example::
 
     from training.data import load_fashion_mnist
-    ds = load_fashion_mnist("/work/shared/data/fashion-mnist")
+    ds = load_fashion_mnist(os.environ["FASHION_MNIST_DIR"])
     ds.x_train.shape  # (60000, 28, 28), uint8
 """
 

@@ -9,15 +9,24 @@ Example::
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from serving.labels import CLASS_NAMES, NUM_CLASSES
+from serving.contract import (
+    CLASS_NAMES,
+    INPUT_KEY,
+    NUM_CLASSES,
+    OUTPUT_PROBABILITIES,
+    SIGNATURE_NAME,
+    list_versions,
+)
 
 METRICS_FILE = "metrics.json"
+
+# TensorFlow is imported inside the two functions that run the model: the CLI uses the rest of
+# this module (resolve_version_dir, format_table) without TensorFlow's runtime.
 
 
 class ModelNotFoundError(Exception):
@@ -29,16 +38,9 @@ def resolve_version_dir(export: str | Path) -> Path:
     path = Path(export)
     if (path / "saved_model.pb").is_file():
         return path
-    if path.is_dir():
-        versions = sorted(
-            (
-                int(p.name)
-                for p in path.iterdir()
-                if p.name.isdigit() and (p / "saved_model.pb").is_file()
-            ),
-        )
-        if versions:
-            return path / str(versions[-1])
+    versions = list_versions(path)
+    if versions:
+        return path / str(versions[-1])
     raise ModelNotFoundError(
         f"{path}: no SavedModel here; expected a version folder with saved_model.pb or a base "
         "folder with integer version subfolders (train one with `python -m training train`)"
@@ -51,7 +53,7 @@ def load_serving_fn(export: str | Path) -> tuple[Path, Any]:
 
     version_dir = resolve_version_dir(export)
     loaded = tf.saved_model.load(str(version_dir))
-    fn = loaded.signatures["serving_default"]
+    fn = loaded.signatures[SIGNATURE_NAME]
     fn._loaded = loaded  # keep the loaded object (and its variables) alive with the function
     return version_dir, fn
 
@@ -63,7 +65,7 @@ def predict_probabilities(fn: Any, images: np.ndarray, batch_size: int = 1000) -
     out = []
     for i in range(0, len(images), batch_size):
         batch = images[i : i + batch_size].astype(np.float32)[..., None] / 255.0
-        out.append(fn(images=tf.constant(batch))["probabilities"].numpy())
+        out.append(fn(**{INPUT_KEY: tf.constant(batch)})[OUTPUT_PROBABILITIES].numpy())
     return np.concatenate(out) if out else np.zeros((0, NUM_CLASSES), np.float32)
 
 
@@ -112,11 +114,6 @@ def evaluate_export(export: str | Path, dataset: Any) -> dict[str, Any]:
     metrics = compute_metrics(dataset.y_test, predict_probabilities(fn, dataset.x_test))
     metrics["model_path"] = str(version_dir)
     return metrics
-
-
-def read_metrics(version_dir: str | Path) -> dict[str, Any]:
-    """The ``metrics.json`` written beside an export."""
-    return json.loads((Path(version_dir) / METRICS_FILE).read_text())
 
 
 def format_table(metrics: dict[str, Any]) -> str:

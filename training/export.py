@@ -22,33 +22,40 @@ from pathlib import Path
 import keras
 import numpy as np
 import tensorflow as tf
+from tensorflow_serving.apis import model_pb2, predict_pb2, prediction_log_pb2
 
-from serving.labels import CLASS_NAMES, IMAGE_SIZE, MODEL_NAME
+from serving.contract import (
+    CLASS_NAMES,
+    IMAGE_SIZE,
+    INPUT_KEY,
+    MODEL_NAME,
+    OUTPUT_CLASS_IDS,
+    OUTPUT_CLASS_NAMES,
+    OUTPUT_PROBABILITIES,
+    SIGNATURE_NAME,
+    WARMUP_FILE,
+    list_versions,
+)
 from training.errors import ExportError
 
 log = logging.getLogger(__name__)
 
-SIGNATURE_NAME = "serving_default"
-INPUT_NAME = "images"
-OUTPUT_NAMES = ("probabilities", "class_ids", "class_names")
-WARMUP_FILE = Path("assets.extra") / "tf_serving_warmup_requests"
 WARMUP_BATCH_SIZES = (1, 8, 32, 64)
 
-__all__ = ["ExportError", "export_model", "list_versions", "next_version", "write_warmup_records"]
-
-
-def list_versions(export_dir: str | Path) -> list[int]:
-    """Integer version folders in ``export_dir`` (ascending); other names are ignored."""
-    base = Path(export_dir)
-    if not base.is_dir():
-        return []
-    return sorted(int(p.name) for p in base.iterdir() if p.is_dir() and p.name.isdigit())
+__all__ = ["ExportError", "export_model", "next_version", "write_warmup_records"]
 
 
 def next_version(export_dir: str | Path) -> int:
-    """The next free integer version: one more than the highest existing version, else 1."""
-    versions = list_versions(export_dir)
-    return versions[-1] + 1 if versions else 1
+    """One more than the highest version (`serving.contract.list_versions`), else 1.
+
+    A folder with that number but no SavedModel (left by hand) is skipped, not overwritten.
+    """
+    base = Path(export_dir)
+    versions = list_versions(base)
+    version = versions[-1] + 1 if versions else 1
+    while (base / str(version)).exists():
+        version += 1
+    return version
 
 
 def _default_warmup_images(n: int = max(WARMUP_BATCH_SIZES)) -> np.ndarray:
@@ -64,8 +71,6 @@ def write_warmup_records(
     TF Serving replays these before marking the version AVAILABLE, so the first real requests
     do not pay for graph tracing. Returns the number of records written.
     """
-    from tensorflow_serving.apis import model_pb2, predict_pb2, prediction_log_pb2
-
     images = np.asarray(images, dtype=np.float32)
     if images.ndim != 4 or images.shape[1:] != (IMAGE_SIZE, IMAGE_SIZE, 1) or len(images) == 0:
         raise ExportError(f"warmup images must be float32 [N,28,28,1], got shape {images.shape}")
@@ -78,7 +83,7 @@ def write_warmup_records(
             request = predict_pb2.PredictRequest(
                 model_spec=model_pb2.ModelSpec(name=MODEL_NAME, signature_name=SIGNATURE_NAME)
             )
-            request.inputs[INPUT_NAME].CopyFrom(tf.make_tensor_proto(batch))
+            request.inputs[INPUT_KEY].CopyFrom(tf.make_tensor_proto(batch))
             record = prediction_log_pb2.PredictionLog(
                 predict_log=prediction_log_pb2.PredictLog(request=request)
             )
@@ -94,9 +99,9 @@ def _write_savedmodel(model: keras.Model, path: Path) -> None:
         probabilities = tf.cast(model(images, training=False), tf.float32)
         class_ids = tf.argmax(probabilities, axis=-1, output_type=tf.int64)
         return {
-            "probabilities": probabilities,
-            "class_ids": class_ids,
-            "class_names": tf.gather(class_names, class_ids),
+            OUTPUT_PROBABILITIES: probabilities,
+            OUTPUT_CLASS_IDS: class_ids,
+            OUTPUT_CLASS_NAMES: tf.gather(class_names, class_ids),
         }
 
     archive = keras.export.ExportArchive()
@@ -105,7 +110,7 @@ def _write_savedmodel(model: keras.Model, path: Path) -> None:
         name=SIGNATURE_NAME,
         fn=serve,
         input_signature=[
-            tf.TensorSpec([None, IMAGE_SIZE, IMAGE_SIZE, 1], tf.float32, name=INPUT_NAME)
+            tf.TensorSpec([None, IMAGE_SIZE, IMAGE_SIZE, 1], tf.float32, name=INPUT_KEY)
         ],
     )
     archive.write_out(str(path), verbose=False)

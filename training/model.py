@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import keras
 
-from serving.labels import IMAGE_SIZE, NUM_CLASSES
+from serving.contract import INPUT_KEY, INPUT_SHAPE, NUM_CLASSES, OUTPUT_PROBABILITIES
 
 EXPECTED_PARAMS = 243_786
 
@@ -28,7 +28,7 @@ def build_model(seed: int | None = None) -> keras.Model:
     )
     return keras.Sequential(
         [
-            keras.Input(shape=(IMAGE_SIZE, IMAGE_SIZE, 1), name="images"),
+            keras.Input(shape=INPUT_SHAPE, name=INPUT_KEY),
             keras.layers.Conv2D(
                 64, (3, 3), activation="relu", kernel_initializer=init(0), name="conv1"
             ),
@@ -40,7 +40,10 @@ def build_model(seed: int | None = None) -> keras.Model:
             keras.layers.Flatten(name="flatten"),
             keras.layers.Dense(128, activation="relu", kernel_initializer=init(2), name="dense"),
             keras.layers.Dense(
-                NUM_CLASSES, activation="softmax", kernel_initializer=init(3), name="probabilities"
+                NUM_CLASSES,
+                activation="softmax",
+                kernel_initializer=init(3),
+                name=OUTPUT_PROBABILITIES,
             ),
         ],
         name="fashion_mnist_convnet",

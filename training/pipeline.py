@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from serving.labels import MODEL_NAME
+from serving.contract import MODEL_NAME
 from training.data import Dataset
 from training.evaluate import METRICS_FILE, compute_metrics, load_serving_fn, predict_probabilities
 from training.export import export_model

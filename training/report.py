@@ -15,7 +15,7 @@ import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from serving.labels import CLASS_NAMES
+from serving.contract import CLASS_NAMES
 
 CONFUSION_PNG = "confusion_matrix.png"
 CURVES_PNG = "training_curves.png"

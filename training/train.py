@@ -25,7 +25,7 @@ import numpy as np
 import tensorflow as tf
 from tqdm.auto import tqdm
 
-from serving.labels import IMAGE_SIZE, NUM_CLASSES
+from serving.contract import IMAGE_SIZE, NUM_CLASSES
 from training.data import Dataset, split_validation
 from training.errors import RecipeError
 from training.model import build_model

@@ -16,9 +16,15 @@ from pathlib import Path
 import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
+from PIL import Image, UnidentifiedImageError
 
-from serving.labels import CLASS_NAMES, IMAGE_SIZE
+from serving.contract import CLASS_NAMES, IMAGE_SIZE
+from serving.preprocess import PreprocessError, decode_image
 from training.errors import ImageError
+from training.evaluate import ModelNotFoundError, resolve_version_dir
+
+# TensorFlow/Keras (and training.model, which imports Keras) are imported inside the functions
+# that need them: the filter demo and the CLI's other commands run without TensorFlow's runtime.
 
 FEATURE_LAYERS = ("conv1", "pool1", "conv2", "pool2")
 CELL_INCHES = 1.5
@@ -48,7 +54,6 @@ def load_keras_model(export: str | Path):  # -> keras.Model
     """
     import tensorflow as tf
 
-    from training.evaluate import ModelNotFoundError, resolve_version_dir
     from training.model import build_model
 
     loaded = tf.saved_model.load(str(resolve_version_dir(export)))
@@ -148,7 +153,6 @@ def plot_first_layer_filters(model, path: str | Path) -> Path:
 
 def read_grayscale(path: str | Path, max_side: int = MAX_FILTER_SIDE) -> np.ndarray:
     """Any image file as float32 grayscale in [0,255], downscaled to at most ``max_side``."""
-    from PIL import Image, UnidentifiedImageError
 
     try:
         with Image.open(path) as img:
@@ -163,18 +167,10 @@ def read_grayscale(path: str | Path, max_side: int = MAX_FILTER_SIDE) -> np.ndar
 def image_to_model_input(path: str | Path) -> np.ndarray:
     """An image file as the model's float32 ``[28,28]`` input in [0,1].
 
-    Uses ``serving.preprocess.decode_image`` (the gateway's preprocessing) when available, so
-    the picture shows what the served model sees.
+    Uses ``serving.preprocess.decode_image`` (the gateway's preprocessing), so the picture
+    shows what the served model sees.
     """
     data = Path(path).read_bytes()
-    try:
-        from serving.preprocess import PreprocessError, decode_image
-    except ImportError:
-        small = read_grayscale(path, max_side=4096)
-        from PIL import Image
-
-        img = Image.fromarray(small.astype(np.uint8)).resize((IMAGE_SIZE, IMAGE_SIZE))
-        return np.asarray(img, dtype=np.float32) / 255.0
     try:
         return np.asarray(decode_image(data), dtype=np.float32).reshape(IMAGE_SIZE, IMAGE_SIZE)
     except PreprocessError as exc:

@@ -20,6 +20,8 @@ import os
 import sys
 from typing import Any
 
+from gunicorn.app.base import BaseApplication
+
 from serving.gateway.config import ConfigError, GatewayConfig
 
 
@@ -38,24 +40,21 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def _gunicorn_app() -> Any:
-    from gunicorn.app.base import BaseApplication
+class GatewayApplication(BaseApplication):
+    """gunicorn with the settings of serving.gateway.gunicorn_conf and the app factory."""
 
-    class GatewayApplication(BaseApplication):
-        """gunicorn with the settings of serving.gateway.gunicorn_conf and the app factory."""
+    def load_config(self) -> None:
+        conf = importlib.import_module("serving.gateway.gunicorn_conf")
+        for key, value in vars(conf).items():
+            if key in self.cfg.settings and value is not None:
+                self.cfg.set(key, value)
 
-        def load_config(self) -> None:
-            conf = importlib.import_module("serving.gateway.gunicorn_conf")
-            for key, value in vars(conf).items():
-                if key in self.cfg.settings and value is not None:
-                    self.cfg.set(key, value)
+    def load(self) -> Any:
+        # Imported in the worker, after gunicorn_conf has set up prometheus-client's
+        # multiprocess directory (prometheus-client reads it when first imported).
+        from serving.gateway.app import create_app
 
-        def load(self) -> Any:
-            from serving.gateway.app import create_app
-
-            return create_app()
-
-    return GatewayApplication(prog="python -m serving.gateway")
+        return create_app()
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -74,7 +73,7 @@ def main(argv: list[str] | None = None) -> int:
         for key, value in vars(cfg).items():
             print(f"GATEWAY_{key.upper()}={'' if value is None else value}")
         return 0
-    _gunicorn_app().run()
+    GatewayApplication(prog="python -m serving.gateway").run()
     return 0
 
 

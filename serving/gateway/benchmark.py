@@ -80,9 +80,9 @@ def fake_backend_app() -> Any:
     """The gateway app with an instant backend: everything but the model."""
     import numpy as np
 
+    from serving.backends import PredictResult, VersionStatus
+    from serving.contract import NUM_CLASSES
     from serving.gateway import create_app
-    from serving.labels import NUM_CLASSES
-    from serving.tfserving import PredictResult, VersionStatus
 
     class InstantBackend:
         row = np.full((1, NUM_CLASSES), 1.0 / NUM_CLASSES, np.float32)

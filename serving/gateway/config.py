@@ -19,20 +19,19 @@ import os
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, fields
-from typing import Any, Literal, get_args, get_origin, get_type_hints
+from typing import Any, get_args, get_origin, get_type_hints
 
-from serving.labels import MODEL_NAME
+from serving.backends.address import BackendKind, parse_address
+from serving.backends.errors import BackendConfigError
+from serving.contract import GATEWAY_PORT, MODEL_NAME
 
 ENV_PREFIX = "GATEWAY_"
-DEFAULT_MODEL_DIR = "models/fashion_mnist"
+DEFAULT_MODEL_DIR = f"models/{MODEL_NAME}"
 DEFAULT_BACKEND = f"embedded:{DEFAULT_MODEL_DIR}"
 # Mirrors serving.preprocess.MAX_PIXELS (kept literal so reading the config needs no Pillow);
 # a test checks that the two agree.
 DEFAULT_MAX_PIXELS = 40_000_000
 
-BackendKind = Literal["grpc", "http", "embedded"]
-
-_HOST_PORT = re.compile(r"^(?P<host>\[[0-9a-fA-F:.]+\]|[A-Za-z0-9_.-]+):(?P<port>\d{1,5})$")
 _LABEL = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
 _LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 
@@ -67,7 +66,7 @@ class GatewayConfig:
     max_request_pixels: int = 2 * DEFAULT_MAX_PIXELS
     # gunicorn process model (used by `python -m serving.gateway` / gunicorn_conf.py).
     host: str = "0.0.0.0"
-    port: int = 8080
+    port: int = GATEWAY_PORT
     workers: int = 2
     threads: int = 16
     worker_timeout_seconds: int = 30
@@ -119,44 +118,28 @@ class GatewayConfig:
     @property
     def backend_kind(self) -> BackendKind:
         """``grpc``, ``http`` or ``embedded``."""
-        if self.backend.startswith("grpc://"):
-            return "grpc"
-        if self.backend.startswith(("http://", "https://")):
-            return "http"
-        return "embedded"
+        return parse_address(self.backend).kind
 
     @property
     def backend_target(self) -> str:
         """``host:port`` for gRPC, the base URL for REST, the model directory for embedded."""
-        if self.backend_kind == "grpc":
-            return self.backend[len("grpc://") :].rstrip("/")
-        if self.backend_kind == "http":
-            return self.backend.rstrip("/")
-        return self.backend[len("embedded:") :]
+        return parse_address(self.backend).target
+
+    def embedded_options(self) -> dict[str, Any]:
+        """The `serving.backends.connect` options of an embedded backend (none for remote ones)."""
+        if self.backend_kind != "embedded":
+            return {}
+        return {name: getattr(self, name) for name in _EMBEDDED_OPTIONS}
 
     # -- validation ---------------------------------------------------------------------------
     def _validate(self) -> None:
         hints = get_type_hints(type(self))
         for f in fields(self):
             _check_type(f.name, getattr(self, f.name), hints[f.name])
-        b = self.backend
-        if b.startswith("grpc://"):
-            if not _HOST_PORT.match(b[len("grpc://") :].rstrip("/")):
-                raise ConfigError(f"{env_name('backend')}={b!r}: expected grpc://host:port")
-        elif b.startswith(("http://", "https://")):
-            rest = b.split("://", 1)[1].rstrip("/")
-            if not _HOST_PORT.match(rest) and not re.match(r"^[A-Za-z0-9_.-]+$", rest):
-                raise ConfigError(f"{env_name('backend')}={b!r}: expected http://host:port")
-        elif b.startswith("embedded:"):
-            if not b[len("embedded:") :].strip():
-                raise ConfigError(
-                    f"{env_name('backend')}={b!r}: expected embedded:<path to the model base dir>"
-                )
-        else:
-            raise ConfigError(
-                f"{env_name('backend')}={b!r}: expected grpc://host:port, http://host:port "
-                "or embedded:<path>"
-            )
+        try:
+            parse_address(self.backend)
+        except BackendConfigError as exc:
+            raise ConfigError(f"{env_name('backend')}={exc}") from None
         if not self.model_name or not _LABEL.match(self.model_name):
             raise ConfigError(f"{env_name('model_name')}={self.model_name!r} is not a model name")
         if self.model_version is not None and self.model_label is not None:
@@ -207,6 +190,15 @@ class GatewayConfig:
                 f"{env_name('log_level')}={self.log_level!r}: expected one of {', '.join(_LOG_LEVELS)}"
             )
 
+
+# Fields passed to serving.backends.connect as embedded-backend options (same names).
+_EMBEDDED_OPTIONS = (
+    "batch_max_size",
+    "batch_timeout_ms",
+    "model_poll_seconds",
+    "tf_intra_op_threads",
+    "tf_inter_op_threads",
+)
 
 _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"0", "false", "no", "off"}

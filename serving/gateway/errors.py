@@ -1,22 +1,23 @@
 """The one place where exceptions become HTTP answers.
 
-Every error the gateway sends has the body ``{"error": {"code": "...", "message": "..."}}``
-(DESIGN.md); 500 answers add ``"request_id"`` inside ``error`` so a user can quote it and an operator can find
+Every error the gateway sends has the body ``{"error": {"code": "...", "message": "..."}}``;
+500 answers add ``"request_id"`` inside ``error`` so a user can quote it and an operator can find
 the traceback in the logs. `to_api_error` maps any exception to an `ApiError`; `register`
 installs the Flask handlers that use it.
 
-Mapping (kserve's ``errors.py`` in spirit):
+Mapping (kserve's ``errors.py`` in spirit; "other" includes ``BackendBadResponse``, an answer
+that breaks the contract):
 
 ====================================  ======  =========================
 exception                              status  code
 ====================================  ======  =========================
 preprocess.InvalidImage                 400     ``invalid_image``
 preprocess.ImageTooLarge                413     ``image_too_large``
-tfserving.BackendInvalidRequest         400     ``invalid_request``
-tfserving.BackendUnavailable            503     ``backend_unavailable``
-tfserving.ModelNotFound                 503     ``model_not_ready``
-tfserving.BackendTimeout                504     ``backend_timeout``
-tfserving.BackendError (other)          502     ``backend_error``
+backends.BackendInvalidRequest          400     ``invalid_request``
+backends.BackendUnavailable             503     ``backend_unavailable``
+backends.ModelNotFound                  503     ``model_not_ready``
+backends.BackendTimeout                 504     ``backend_timeout``
+backends.BackendError (other)           502     ``backend_error``
 werkzeug 404 / 405 / 413                same    ``not_found`` / ``method_not_allowed`` / ``body_too_large``
 anything else                           500     ``internal``
 ====================================  ======  =========================
@@ -30,6 +31,15 @@ from typing import Any
 
 from flask import Flask, Response, g
 from werkzeug.exceptions import HTTPException, MethodNotAllowed, RequestEntityTooLarge
+
+from serving.backends.errors import (
+    BackendError,
+    BackendInvalidRequest,
+    BackendTimeout,
+    BackendUnavailable,
+    ModelNotFound,
+)
+from serving.preprocess import ImageTooLarge, InvalidImage
 
 log = logging.getLogger(__name__)
 
@@ -108,7 +118,7 @@ BACKEND_MESSAGES = {
 
 
 def public_backend_message(exc: BaseException) -> str:
-    """The client-facing text for a TF Serving client error (see `BACKEND_MESSAGES`)."""
+    """The client-facing text for a backend error (see `BACKEND_MESSAGES`)."""
     return BACKEND_MESSAGES.get(getattr(exc, "code", ""), BACKEND_MESSAGES["backend_error"])
 
 
@@ -125,15 +135,6 @@ def to_api_error(exc: BaseException, *, retry_after: int = 1, max_body_bytes: in
     """Map any exception to the `ApiError` the client gets (see the module table)."""
     if isinstance(exc, ApiError):
         return exc
-    # Imported here so this module stays importable without NumPy/Pillow/protobuf.
-    from serving.preprocess import ImageTooLarge, InvalidImage
-    from serving.tfserving.errors import (
-        BackendError,
-        BackendInvalidRequest,
-        BackendTimeout,
-        BackendUnavailable,
-        ModelNotFound,
-    )
 
     if isinstance(exc, ImageTooLarge):
         return ApiError(413, "image_too_large", str(exc))

@@ -25,6 +25,8 @@ from prometheus_client import (
     Gauge,
     Histogram,
     generate_latest,
+    multiprocess,
+    values,
 )
 
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
@@ -62,8 +64,6 @@ class GatewayMetrics:
 
     def __init__(self, labels: tuple[str, ...]):
         self.multiprocess = multiprocess_dir() is not None
-        from prometheus_client import values
-
         if self.multiprocess and values.ValueClass is values.MutexValue:
             # prometheus-client picks its storage when first imported; too late to switch now.
             raise RuntimeError(
@@ -153,8 +153,6 @@ class GatewayMetrics:
     def render(self) -> tuple[bytes, str]:
         """Exposition text of every worker's metrics (or this process's) and its content type."""
         if self.multiprocess:
-            from prometheus_client import multiprocess
-
             registry = CollectorRegistry()
             multiprocess.MultiProcessCollector(registry)
             return generate_latest(registry), CONTENT_TYPE_LATEST

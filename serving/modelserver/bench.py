@@ -33,8 +33,9 @@ from typing import NoReturn
 
 import numpy as np
 
+from serving.contract import INPUT_KEY, MODEL_NAME
+
 ROOT = Path(__file__).resolve().parents[2]
-MODEL_NAME = "fashion_mnist"
 
 
 def _free_port() -> int:
@@ -135,7 +136,7 @@ def _grpc_caller(server: Server, images: np.ndarray):
     stub = prediction_service_pb2_grpc.PredictionServiceStub(channel)
     request = predict_pb2.PredictRequest()
     request.model_spec.name = MODEL_NAME
-    request.inputs["images"].CopyFrom(ndarray_to_tensor_proto(images))
+    request.inputs[INPUT_KEY].CopyFrom(ndarray_to_tensor_proto(images))
 
     def call() -> None:
         stub.Predict(request, timeout=30)

@@ -35,10 +35,8 @@ from tensorflow_serving.config import model_server_config_pb2
 
 from serving.savedmodel import VersionPolicy
 
-CONFIG_DIR = Path(__file__).resolve().parents[1] / "config"
 
-
-class ConfigError(ValueError):
+class ConfigFileError(ValueError):
     """A config file is missing, unreadable or not valid text-format protobuf."""
 
 
@@ -106,7 +104,7 @@ def _read(path: str | os.PathLike[str], what: str) -> str:
     try:
         return Path(path).read_text()
     except OSError as exc:
-        raise ConfigError(f"cannot read {what} {path}: {exc.strerror or exc}") from exc
+        raise ConfigFileError(f"cannot read {what} {path}: {exc.strerror or exc}") from exc
 
 
 def _parse(text: str, message: Any, path: str | os.PathLike[str]) -> Any:
@@ -116,7 +114,7 @@ def _parse(text: str, message: Any, path: str | os.PathLike[str]) -> Any:
         line, column = exc.GetLine(), exc.GetColumn()
         where = f"{path}:{line}:{column}" if line is not None else str(path)
         detail = re.sub(r"^\d+:\d+ : ", "", str(exc))
-        raise ConfigError(f"{where}: {detail}") from exc
+        raise ConfigFileError(f"{where}: {detail}") from exc
     return message
 
 
@@ -135,7 +133,7 @@ def load_model_server_config(
     if base_path_override:
         models = config.model_config_list.config
         if len(models) != 1:
-            raise ConfigError(
+            raise ConfigFileError(
                 f"{path}: --model_base_path can only override a config with exactly one "
                 f"model, this one has {len(models)}"
             )
@@ -144,27 +142,27 @@ def load_model_server_config(
 
 
 def validate_model_server_config(config: Any, path: str | os.PathLike[str] = "config") -> None:
-    """Reject what TF Serving would reject (or we cannot serve): raise `ConfigError`."""
+    """Reject what TF Serving would reject (or we cannot serve): raise `ConfigFileError`."""
     if config.WhichOneof("config") != "model_config_list":
-        raise ConfigError(f"{path}: only model_config_list is supported")
+        raise ConfigFileError(f"{path}: only model_config_list is supported")
     names = set()
     for model in config.model_config_list.config:
         if not model.name:
-            raise ConfigError(f"{path}: a model config has no name")
+            raise ConfigFileError(f"{path}: a model config has no name")
         if model.name in names:
-            raise ConfigError(f"{path}: model {model.name!r} is listed twice")
+            raise ConfigFileError(f"{path}: model {model.name!r} is listed twice")
         names.add(model.name)
         if not model.base_path:
-            raise ConfigError(f"{path}: model {model.name!r} has no base_path")
+            raise ConfigFileError(f"{path}: model {model.name!r} has no base_path")
         if model.model_platform not in ("", "tensorflow"):
-            raise ConfigError(
+            raise ConfigFileError(
                 f"{path}: model {model.name!r} uses platform {model.model_platform!r}; "
                 "only 'tensorflow' is served"
             )
         policy_of(model)  # validates the policy
         for label, version in model.version_labels.items():
             if version < 0:
-                raise ConfigError(f"{path}: label {label!r} has a negative version")
+                raise ConfigFileError(f"{path}: label {label!r} has a negative version")
 
 
 def policy_of(model_config: Any) -> VersionPolicy:
@@ -175,7 +173,7 @@ def policy_of(model_config: Any) -> VersionPolicy:
         return VersionPolicy.all()
     if kind == "specific":
         if not policy.specific.versions:
-            raise ConfigError(f"model {model_config.name!r}: specific policy lists no versions")
+            raise ConfigFileError(f"model {model_config.name!r}: specific policy lists no versions")
         return VersionPolicy.specific(list(policy.specific.versions))
     if kind == "latest" and policy.latest.num_versions:
         return VersionPolicy.latest(policy.latest.num_versions)
@@ -204,7 +202,7 @@ def load_monitoring_config(path: str | os.PathLike[str]) -> MonitoringSettings:
     prom = msg.prometheus_config
     metrics_path = prom.path or MonitoringSettings.path
     if not metrics_path.startswith("/"):
-        raise ConfigError(f"{path}: prometheus_config.path must start with '/'")
+        raise ConfigFileError(f"{path}: prometheus_config.path must start with '/'")
     return MonitoringSettings(enabled=prom.enable, path=metrics_path)
 
 
@@ -239,8 +237,10 @@ def load_batching_parameters(path: str | os.PathLike[str] | None) -> BatchingSet
         value = getattr(msg, name).value if msg.HasField(name) else getattr(defaults, name)
         minimum = 0 if name == "batch_timeout_micros" else 1
         if value < minimum:
-            raise ConfigError(f"{path}: {name} must be >= {minimum}, got {value}")
+            raise ConfigFileError(f"{path}: {name} must be >= {minimum}, got {value}")
         values[name] = int(value)
     if msg.allowed_batch_sizes and msg.allowed_batch_sizes[-1] != values["max_batch_size"]:
-        raise ConfigError(f"{path}: the last allowed_batch_sizes entry must equal max_batch_size")
+        raise ConfigFileError(
+            f"{path}: the last allowed_batch_sizes entry must equal max_batch_size"
+        )
     return BatchingSettings(**values)

@@ -17,18 +17,19 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from tensorflow_serving.apis import get_model_status_pb2
 
+from serving.backends.types import VersionStatus
 from serving.batching import Batcher, BatcherClosed, QueueFullError
+from serving.contract import SIGNATURE_NAME
 from serving.modelserver.config import BatchingSettings, policy_of, validate_model_server_config
 from serving.modelserver.metrics import ServerMetrics
 from serving.savedmodel import (
-    DEFAULT_SIGNATURE,
     InvalidInput,
     LoadedModel,
     ModelError,
     ModelManager,
     ServableNotFound,
-    VersionStatus,
 )
 
 log = logging.getLogger(__name__)
@@ -75,8 +76,6 @@ HTTP_STATUS = {
 
 def status_proto(statuses: list[VersionStatus]) -> Any:
     """A ``GetModelStatusResponse`` as TF Serving fills it (``status`` always present)."""
-    from tensorflow_serving.apis import get_model_status_pb2
-
     response = get_model_status_pb2.GetModelStatusResponse()
     for s in statuses:
         mvs = response.model_version_status.add()
@@ -90,8 +89,8 @@ def status_proto(statuses: list[VersionStatus]) -> Any:
 
 
 @dataclass(frozen=True)
-class PredictResult:
-    """What a predict call answers: the version and signature used, and the outputs."""
+class ServedPrediction:
+    """What a predict call answers: the version and signature used, and all its outputs."""
 
     version: int
     signature_name: str
@@ -199,14 +198,6 @@ class ServerCore:
         with self._lock:
             return sorted(self._managers)
 
-    def manager(self, name: str) -> ModelManager:
-        """The manager of a model; `ServableNotFound` for an unknown name."""
-        with self._lock:
-            manager = self._managers.get(name)
-        if manager is None:
-            raise ServableNotFound(f"Servable not found for request: Latest({name})")
-        return manager
-
     # -- requests ----------------------------------------------------------------------------
     def status(
         self, name: str, version: int | None = None, label: str | None = None
@@ -225,13 +216,15 @@ class ServerCore:
         self, name: str, version: int | None = None, label: str | None = None
     ) -> tuple[int, dict[str, Any]]:
         """(version, SignatureDef protos) of a model version (GetModelMetadata)."""
-        manager = self._manager_for_request(name, version, label)
+        manager = self.manager_for_request(name, version, label)
         with manager.acquire(version, label) as model:
             return model.version, model.signature_defs
 
-    def _manager_for_request(
-        self, name: str, version: int | None, label: str | None
+    def manager_for_request(
+        self, name: str, version: int | None = None, label: str | None = None
     ) -> ModelManager:
+        """The manager of a model named by a request; `ServableNotFound` (worded as TF
+        Serving words it for the version or label asked for) when the model is not served."""
         with self._lock:
             manager = self._managers.get(name)
         if manager is None:
@@ -254,10 +247,10 @@ class ServerCore:
         signature_name: str = "",
         output_filter: list[str] | None = None,
         timeout_s: float | None = None,
-    ) -> PredictResult:
+    ) -> ServedPrediction:
         """Run a prediction; batched across concurrent callers when batching is on."""
-        manager = self._manager_for_request(name, version, label)
-        sig_name = signature_name or DEFAULT_SIGNATURE
+        manager = self.manager_for_request(name, version, label)
+        sig_name = signature_name or SIGNATURE_NAME
         with manager.acquire(version, label) as model:
             sig = model.signature(sig_name)
             if output_filter:
@@ -275,7 +268,7 @@ class ServerCore:
                 outputs = model.predict(checked, sig_name)
         if output_filter:
             outputs = {k: v for k, v in outputs.items() if k in output_filter}
-        return PredictResult(model.version, sig_name, outputs)
+        return ServedPrediction(model.version, sig_name, outputs)
 
     def _batched(
         self,

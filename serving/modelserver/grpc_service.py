@@ -25,7 +25,7 @@ from tensorflow_serving.apis import (
     prediction_service_pb2_grpc,
 )
 
-from serving.modelserver.config import ConfigError
+from serving.modelserver.config import ConfigFileError
 from serving.modelserver.core import ServerCore, status_proto
 from serving.modelserver.metrics import ServerMetrics
 from serving.modelserver.tensors import ndarray_to_tensor_proto, tensor_proto_to_ndarray
@@ -61,7 +61,7 @@ class _Observed:
         except ModelError as exc:
             code = exc.code
             context.abort(getattr(grpc.StatusCode, code, grpc.StatusCode.UNKNOWN), str(exc))
-        except ConfigError as exc:
+        except ConfigFileError as exc:
             code = "INVALID_ARGUMENT"
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
         except Exception:  # never a traceback to the client: log it, answer INTERNAL

@@ -35,10 +35,12 @@ from typing import Any
 from google.protobuf import json_format
 from tensorflow_serving.apis import get_model_metadata_pb2, model_pb2
 
+from serving.backends.types import VersionStatus
+from serving.contract import SIGNATURE_NAME
 from serving.modelserver.core import HTTP_STATUS, ServerCore, status_proto
 from serving.modelserver.metrics import CONTENT_TYPE, ServerMetrics
 from serving.modelserver.tensors import dumps, parse_predict_json, predict_response_json
-from serving.savedmodel import DEFAULT_SIGNATURE, ModelError, VersionStatus
+from serving.savedmodel import ModelError
 
 log = logging.getLogger(__name__)
 
@@ -310,11 +312,11 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _predict(self, name: str, version: int | None, label: str | None, body: bytes) -> bytes:
         core = self.server.core
-        manager = core._manager_for_request(name, version, label)
+        manager = core.manager_for_request(name, version, label)
 
         def signature_for(sig_name: str) -> Any:
             with manager.acquire(version, label) as model:
-                return model.signature(sig_name or DEFAULT_SIGNATURE)
+                return model.signature(sig_name or SIGNATURE_NAME)
 
         sig_name, inputs, fmt = parse_predict_json(body, signature_for)
         result = core.predict(

@@ -17,6 +17,11 @@ import time
 from pathlib import Path
 from typing import Any, NoReturn
 
+from serving.contract import GRPC_PORT, REST_PORT
+
+# The serving modules (config, core, front ends) are imported inside ModelServer and main, not
+# here: they load TensorFlow's runtime (~7 s), which --help and flag errors should not wait for.
+
 log = logging.getLogger("serving.modelserver")
 
 _TRUE = {"true", "1", "yes", "t", "y"}
@@ -72,12 +77,12 @@ def build_parser() -> argparse.ArgumentParser:
         ),
         allow_abbrev=False,
     )
-    p.add_argument("--port", type=_port, default=8500, help="gRPC port (default 8500)")
+    p.add_argument("--port", type=_port, default=GRPC_PORT, help=f"gRPC port (default {GRPC_PORT})")
     p.add_argument(
         "--rest_api_port",
         type=_port,
-        default=8501,
-        help="REST port (default 8501, as in the tensorflow/serving image; 0 disables REST)",
+        default=REST_PORT,
+        help=f"REST port (default {REST_PORT}, as in the tensorflow/serving image; 0 disables REST)",
     )
     p.add_argument(
         "--rest_api_num_threads",
@@ -259,12 +264,12 @@ class ModelServer:
             self._threads.append(t)
 
     def _poll_config(self) -> None:
-        from serving.modelserver.config import ConfigError
+        from serving.modelserver.config import ConfigFileError
 
         while not self.stop_event.wait(self.args.model_config_file_poll_wait_seconds):
             try:
                 self.core.apply_config(self._load_config())
-            except ConfigError as exc:
+            except ConfigFileError as exc:
                 log.error("keeping the current config: %s", exc)
             except Exception:  # keep polling whatever happened; the log has the details
                 log.exception("keeping the current config: applying the new one failed")
@@ -292,11 +297,11 @@ def main(argv: list[str] | None = None) -> int:
         stream=sys.stderr,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
-    from serving.modelserver.config import ConfigError
+    from serving.modelserver.config import ConfigFileError
 
     try:
         server = ModelServer(args)
-    except ConfigError as exc:
+    except ConfigFileError as exc:
         print(f"modelserver: {exc}", file=sys.stderr)
         return 1
 

@@ -4,10 +4,10 @@ Usage::
 
     with fake_grpc_server() as (servicer, target):
         servicer.fail = [grpc.StatusCode.UNAVAILABLE]     # answer the next call with this
-        GrpcClient(target).predict(batch)
+        GrpcBackend(target).predict(batch)
     with fake_rest_server() as (state, url):
         state.script = [(404, {"error": "..."})]
-        RestClient(url).predict(batch)
+        RestBackend(url).predict(batch)
 
 Both answer :func:`fake_probabilities` of the input batch, so a test can check round trips.
 """
@@ -25,7 +25,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import grpc
 import numpy as np
 
-from serving.tfserving import _protos
+from serving.backends import _protos
 
 pb = _protos.load()
 

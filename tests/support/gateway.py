@@ -4,7 +4,7 @@ Usage::
 
     from tests.support.gateway import FakeBackend
 
-    backend = FakeBackend()                       # implements serving.gateway.backends.Backend
+    backend = FakeBackend()                       # implements serving.backends.Backend
     app = create_app({"max_batch": 4}, backend=backend)
 
 Real gateway processes are started with ``loadtest.servers.start_gateway``.
@@ -17,8 +17,8 @@ from collections.abc import Callable
 
 import numpy as np
 
-from serving.labels import NUM_CLASSES
-from serving.tfserving import PredictResult, VersionStatus
+from serving.backends import PredictResult, VersionStatus
+from serving.contract import NUM_CLASSES
 
 
 class FakeBackend:

@@ -1,43 +1,47 @@
-"""TF Serving gRPC client: ``PredictionService/Predict`` and ``ModelService/GetModelStatus``.
+"""TF Serving's gRPC API as a `Backend`: ``PredictionService/Predict`` and
+``ModelService/GetModelStatus``.
 
 Requests carry the batch as raw ``tensor_content`` bytes (no per-float encoding), and ask only
 for the ``probabilities`` output. The protobuf modules are loaded without the TensorFlow
-runtime (see ``serving.tfserving._protos``).
+runtime (see `serving.backends._protos`).
 
 Example::
 
-    from serving.tfserving import GrpcClient
-    with GrpcClient("localhost:8500") as client:
-        result = client.predict(batch)          # batch: float32 [N, 28, 28, 1]
+    from serving.backends.grpc import GrpcBackend
+    with GrpcBackend("localhost:8500") as backend:
+        result = backend.predict(batch)         # batch: float32 [N, 28, 28, 1]
         result.probabilities, result.model_version
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import Any
+
 import grpc
 import numpy as np
 
-from serving.labels import MODEL_NAME
-from serving.tfserving import _protos
-from serving.tfserving.base import (
-    INPUT_NAME,
-    OUTPUT_NAME,
-    SIGNATURE_NAME,
+from serving.backends import _protos
+from serving.backends.errors import (
     UNKNOWN_LABEL,
-    PredictResult,
-    VersionStatus,
-    call_with_retries,
-    check_batch,
-)
-from serving.tfserving.errors import (
+    BackendBadResponse,
     BackendError,
     BackendInvalidRequest,
     BackendTimeout,
     BackendUnavailable,
     ModelNotFound,
 )
+from serving.backends.retry import call_with_retries, check_call_options
+from serving.backends.types import (
+    ClosesOnExit,
+    PredictResult,
+    VersionStatus,
+    check_batch,
+    newest_first,
+)
+from serving.contract import INPUT_KEY, MODEL_NAME, OUTPUT_PROBABILITIES, SIGNATURE_NAME
 
-__all__ = ["GrpcClient", "map_rpc_error"]
+__all__ = ["GrpcBackend", "map_rpc_error"]
 
 _MAX_MESSAGE = 64 * 1024 * 1024
 _CHANNEL_OPTIONS = (
@@ -54,7 +58,7 @@ _CHANNEL_OPTIONS = (
 
 
 def map_rpc_error(exc: grpc.RpcError, what: str) -> BackendError:
-    """Translate a gRPC error into the matching :mod:`serving.tfserving.errors` class.
+    """Translate a gRPC error into the matching :mod:`serving.backends.errors` class.
 
     TF Serving answers an unknown version label with INVALID_ARGUMENT; that is a serving-side
     state (the label is not assigned yet), so it maps to :class:`ModelNotFound`, not to
@@ -77,8 +81,8 @@ def map_rpc_error(exc: grpc.RpcError, what: str) -> BackendError:
     return BackendError(f"{what}: gRPC {name}: {details}")
 
 
-class GrpcClient:
-    """gRPC client for one model on TF Serving (or ``serving.modelserver``).
+class GrpcBackend(ClosesOnExit):
+    """One model on TF Serving (or ``serving.modelserver``) over gRPC.
 
     ``version`` or ``label`` pins the served version (ModelSpec.version / version_label);
     neither means the latest. ``timeout`` is the deadline of each call in seconds, retries
@@ -95,10 +99,7 @@ class GrpcClient:
         timeout: float = 5.0,
         retries: int = 2,
     ) -> None:
-        if version is not None and label is not None:
-            raise ValueError("pin either a version or a label, not both")
-        if timeout <= 0 or retries < 0:
-            raise ValueError("timeout must be > 0 and retries >= 0")
+        check_call_options(version, label, timeout, retries)
         self.target = target
         self.model_name = model_name
         self.version = version
@@ -117,7 +118,7 @@ class GrpcClient:
         self._template = self._pb.predict_pb2.PredictRequest()
         self._fill_spec(self._template.model_spec)
         self._template.model_spec.signature_name = SIGNATURE_NAME
-        self._template.output_filter.append(OUTPUT_NAME)
+        self._template.output_filter.append(OUTPUT_PROBABILITIES)
         self._dt_float = self._pb.types_pb2.DT_FLOAT
 
     def _fill_spec(self, spec: object) -> None:
@@ -130,26 +131,19 @@ class GrpcClient:
     def __repr__(self) -> str:
         pin = f" version={self.version}" if self.version is not None else ""
         pin += f" label={self.label!r}" if self.label is not None else ""
-        return f"GrpcClient({self.target!r}, {self.model_name!r}{pin})"
+        return f"GrpcBackend({self.target!r}, {self.model_name!r}{pin})"
 
     def predict(self, batch: np.ndarray) -> PredictResult:
         """Classify a float32 ``[N, 28, 28, 1]`` batch → probabilities ``[N, 10]`` + model version."""
         arr = check_batch(batch)
         request = self._pb.predict_pb2.PredictRequest()
         request.CopyFrom(self._template)
-        tensor = request.inputs[INPUT_NAME]
+        tensor = request.inputs[INPUT_KEY]
         tensor.dtype = self._dt_float
         tensor.tensor_shape.dim.extend(tensor.tensor_shape.Dim(size=int(d)) for d in arr.shape)
         tensor.tensor_content = arr.tobytes()
         what = f"Predict {self.model_name} on {self.target}"
-
-        def attempt(remaining: float):
-            try:
-                return self._predict(request, timeout=remaining)
-            except grpc.RpcError as exc:
-                raise map_rpc_error(exc, what) from None
-
-        response = call_with_retries(attempt, timeout=self.timeout, retries=self.retries, what=what)
+        response = self._call(self._predict, request, what)
         probabilities = self._read_probabilities(response, arr.shape[0], what)
         if response.model_spec.HasField("version"):
             model_version = int(response.model_spec.version.value)
@@ -157,37 +151,43 @@ class GrpcClient:
             model_version = int(self.version or 0)
         return PredictResult(probabilities=probabilities, model_version=model_version)
 
+    def _call(self, method: Callable[..., Any], request: object, what: str) -> Any:
+        """One RPC within the deadline, retried on UNAVAILABLE; errors as `BackendError`."""
+
+        def attempt(remaining: float) -> Any:
+            try:
+                return method(request, timeout=remaining)
+            except grpc.RpcError as exc:
+                raise map_rpc_error(exc, what) from None
+
+        return call_with_retries(attempt, timeout=self.timeout, retries=self.retries, what=what)
+
     def _read_probabilities(self, response: object, n: int, what: str) -> np.ndarray:
-        if OUTPUT_NAME not in response.outputs:
-            raise BackendError(f"{what}: response has no {OUTPUT_NAME!r} output")
-        tensor = response.outputs[OUTPUT_NAME]
+        if OUTPUT_PROBABILITIES not in response.outputs:
+            raise BackendBadResponse(f"{what}: response has no {OUTPUT_PROBABILITIES!r} output")
+        tensor = response.outputs[OUTPUT_PROBABILITIES]
         if tensor.dtype != self._dt_float:
-            raise BackendError(f"{what}: {OUTPUT_NAME!r} has dtype {tensor.dtype}, not DT_FLOAT")
+            raise BackendBadResponse(
+                f"{what}: {OUTPUT_PROBABILITIES!r} has dtype {tensor.dtype}, not DT_FLOAT"
+            )
         shape = tuple(int(d.size) for d in tensor.tensor_shape.dim)
         if tensor.tensor_content:
             values = np.frombuffer(tensor.tensor_content, dtype="<f4")
         else:
             values = np.asarray(tensor.float_val, dtype=np.float32)
         if len(shape) != 2 or shape[0] != n or values.size != shape[0] * shape[1]:
-            raise BackendError(
-                f"{what}: {OUTPUT_NAME!r} has shape {list(shape)} with {values.size} values "
+            raise BackendBadResponse(
+                f"{what}: {OUTPUT_PROBABILITIES!r} has shape {list(shape)} with {values.size} values "
                 f"for a batch of {n}"
             )
         return values.astype(np.float32).reshape(shape)
 
-    def model_status(self) -> list[VersionStatus]:
-        """The model's versions and their states (only the pinned one when pinned)."""
+    def status(self) -> list[VersionStatus]:
+        """The model's versions and their states, newest first (only the pinned one when pinned)."""
         request = self._pb.get_model_status_pb2.GetModelStatusRequest()
         self._fill_spec(request.model_spec)
         what = f"GetModelStatus {self.model_name} on {self.target}"
-
-        def attempt(remaining: float):
-            try:
-                return self._status(request, timeout=remaining)
-            except grpc.RpcError as exc:
-                raise map_rpc_error(exc, what) from None
-
-        response = call_with_retries(attempt, timeout=self.timeout, retries=self.retries, what=what)
+        response = self._call(self._status, request, what)
         result = []
         for status in response.model_version_status:
             state = type(status).State.Name(status.state)
@@ -199,14 +199,8 @@ class GrpcClient:
                     code_name.name if code_name else str(status.status.error_code)
                 )
             result.append(VersionStatus(version=int(status.version), state=state, error=error))
-        return sorted(result, key=lambda s: s.version)
+        return newest_first(result)
 
     def close(self) -> None:
         """Close the channel."""
         self._channel.close()
-
-    def __enter__(self) -> GrpcClient:
-        return self
-
-    def __exit__(self, *exc_info: object) -> None:
-        self.close()

@@ -2,8 +2,8 @@
 
 Usage::
 
-    python -m serving.tfserving.bench                                # encoding only, no server
-    python -m serving.tfserving.bench --grpc localhost:8500 --rest http://localhost:8501
+    python -m serving.backends.bench                                # encoding only, no server
+    python -m serving.backends.bench --grpc localhost:8500 --rest http://localhost:8501
 
 Encoding: microseconds to build the request body for a batch of N preprocessed images —
 gRPC ``PredictRequest`` with ``tensor_content``, REST JSON from the lookup table, and the naive
@@ -22,8 +22,11 @@ from collections.abc import Callable
 
 import numpy as np
 
-from serving.tfserving import GrpcClient, RestClient, _protos
-from serving.tfserving.rest_client import encode_batch_json
+from serving.backends import _protos
+from serving.backends.errors import BackendError
+from serving.backends.grpc import GrpcBackend
+from serving.backends.rest import RestBackend, encode_batch_json
+from serving.contract import INPUT_KEY, MODEL_NAME
 
 
 def _batch(n: int) -> np.ndarray:
@@ -53,8 +56,8 @@ def bench_encoding(sizes: list[int]) -> list[dict]:
 
         def grpc_request(arr: np.ndarray = arr) -> bytes:
             req = pb.predict_pb2.PredictRequest()
-            req.model_spec.name = "fashion_mnist"
-            tensor = req.inputs["images"]
+            req.model_spec.name = MODEL_NAME
+            tensor = req.inputs[INPUT_KEY]
             tensor.dtype = pb.types_pb2.DT_FLOAT
             for d in arr.shape:
                 tensor.tensor_shape.dim.add(size=d)
@@ -77,7 +80,9 @@ def bench_encoding(sizes: list[int]) -> list[dict]:
     return rows
 
 
-def bench_round_trips(client: GrpcClient | RestClient, sizes: list[int], calls: int) -> list[dict]:
+def bench_round_trips(
+    client: GrpcBackend | RestBackend, sizes: list[int], calls: int
+) -> list[dict]:
     """Latency of ``client.predict`` per batch size (sequential)."""
     rows = []
     for n in sizes:
@@ -103,7 +108,7 @@ def bench_round_trips(client: GrpcClient | RestClient, sizes: list[int], calls: 
 def main(argv: list[str] | None = None) -> int:
     """CLI entry point; returns the exit code."""
     parser = argparse.ArgumentParser(
-        prog="python -m serving.tfserving.bench", description=__doc__.split("\n\n")[0]
+        prog="python -m serving.backends.bench", description=__doc__.split("\n\n")[0]
     )
     parser.add_argument("--grpc", metavar="HOST:PORT", help="also time gRPC round trips here")
     parser.add_argument("--rest", metavar="URL", help="also time REST round trips here")
@@ -128,15 +133,13 @@ def main(argv: list[str] | None = None) -> int:
             f"| {r['batch']} | {r['grpc_tensor_content_us']:.0f} | {r['rest_lookup_json_us']:.0f} "
             f"| {r['rest_naive_json_us']:.0f} |"
         )
-    targets = [("gRPC", args.grpc, GrpcClient), ("REST", args.rest, RestClient)]
+    targets = [("gRPC", args.grpc, GrpcBackend), ("REST", args.rest, RestBackend)]
     if any(t for _, t, _ in targets):
         print("\n| protocol | batch | p50 ms | p99 ms | images/s |")
         print("| --- | ---: | ---: | ---: | ---: |")
     for name, target, cls in targets:
         if not target:
             continue
-        from serving.tfserving.errors import BackendError
-
         try:
             with cls(target) as client:
                 rows = bench_round_trips(client, sizes, args.calls)

@@ -1,4 +1,4 @@
-"""TF Serving REST client: ``POST /v1/models/<name>[...]:predict`` and ``GET /v1/models/<name>[...]``.
+"""TF Serving's REST API as a `Backend`: ``POST /v1/models/<name>[...]:predict`` and ``GET /v1/models/<name>[...]``.
 
 The batch goes out in the columnar form ``{"signature_name": "serving_default", "inputs":
 {"images": [...]}}`` over one keep-alive ``requests.Session``.
@@ -11,9 +11,9 @@ default). Right after a version swap it can therefore lag by up to ``version_ttl
 
 Example::
 
-    from serving.tfserving import RestClient
-    with RestClient("http://localhost:8501") as client:
-        result = client.predict(batch)          # batch: float32 [N, 28, 28, 1]
+    from serving.backends.rest import RestBackend
+    with RestBackend("http://localhost:8501") as backend:
+        result = backend.predict(batch)         # batch: float32 [N, 28, 28, 1]
 """
 
 from __future__ import annotations
@@ -26,26 +26,26 @@ from typing import Any
 import numpy as np
 import requests
 
-from serving.labels import MODEL_NAME
-from serving.tfserving.base import (
-    INPUT_NAME,
-    OUTPUT_NAME,
-    SIGNATURE_NAME,
+from serving.backends.errors import (
     UNKNOWN_LABEL,
-    PredictResult,
-    VersionStatus,
-    call_with_retries,
-    check_batch,
-)
-from serving.tfserving.errors import (
+    BackendBadResponse,
     BackendError,
     BackendInvalidRequest,
     BackendTimeout,
     BackendUnavailable,
     ModelNotFound,
 )
+from serving.backends.retry import call_with_retries, check_call_options
+from serving.backends.types import (
+    ClosesOnExit,
+    PredictResult,
+    VersionStatus,
+    check_batch,
+    newest_first,
+)
+from serving.contract import INPUT_KEY, MODEL_NAME, OUTPUT_PROBABILITIES, SIGNATURE_NAME
 
-__all__ = ["RestClient", "encode_batch_json"]
+__all__ = ["RestBackend", "encode_batch_json"]
 
 _POOL_SIZE = 64
 _JSON_HEADERS = {"Content-Type": "application/json"}
@@ -119,8 +119,8 @@ def _map_http_error(response: requests.Response, what: str) -> BackendError:
     return BackendError(message)
 
 
-class RestClient:
-    """REST client for one model on TF Serving (or ``serving.modelserver``).
+class RestBackend(ClosesOnExit):
+    """One model on TF Serving (or ``serving.modelserver``) over its REST API.
 
     ``base_url`` is e.g. ``http://localhost:8501``. ``version`` pins ``/versions/N``, ``label``
     pins ``/labels/L``. ``timeout`` is the deadline of each call in seconds (retries included,
@@ -139,10 +139,7 @@ class RestClient:
         retries: int = 2,
         version_ttl: float = 1.0,
     ) -> None:
-        if version is not None and label is not None:
-            raise ValueError("pin either a version or a label, not both")
-        if timeout <= 0 or retries < 0:
-            raise ValueError("timeout must be > 0 and retries >= 0")
+        check_call_options(version, label, timeout, retries)
         if not base_url.startswith(("http://", "https://")):
             raise ValueError(f"base_url must start with http:// or https://, got {base_url!r}")
         self.base_url = base_url.rstrip("/")
@@ -167,7 +164,7 @@ class RestClient:
         self._cached_version: tuple[float, int] | None = None  # (expiry, version)
 
     def __repr__(self) -> str:
-        return f"RestClient({self._model_url!r})"
+        return f"RestBackend({self._model_url!r})"
 
     def _request(self, method: str, url: str, what: str, body: bytes | None = None) -> Any:
         def attempt(remaining: float) -> Any:
@@ -194,7 +191,7 @@ class RestClient:
             try:
                 return response.json()
             except ValueError:
-                raise BackendError(f"{what}: response is not JSON") from None
+                raise BackendBadResponse(f"{what}: response is not JSON") from None
 
         return call_with_retries(attempt, timeout=self.timeout, retries=self.retries, what=what)
 
@@ -204,7 +201,7 @@ class RestClient:
         body = b"".join(
             (
                 b'{"signature_name":"%s","inputs":{"%s":'
-                % (SIGNATURE_NAME.encode(), INPUT_NAME.encode()),
+                % (SIGNATURE_NAME.encode(), INPUT_KEY.encode()),
                 encode_batch_json(arr),
                 b"}}",
             )
@@ -222,20 +219,20 @@ class RestClient:
             cached = self._cached_version
         if cached is not None and cached[0] > now:
             return cached[1]
-        statuses = self.model_status()
+        statuses = self.status()
         available = [s.version for s in statuses if s.state == "AVAILABLE"]
         version = max(available or [s.version for s in statuses] or [0])
         with self._version_lock:
             self._cached_version = (time.monotonic() + self.version_ttl, version)
         return version
 
-    def model_status(self) -> list[VersionStatus]:
-        """The model's versions and their states (only the pinned one when pinned)."""
+    def status(self) -> list[VersionStatus]:
+        """The model's versions and their states, newest first (only the pinned one when pinned)."""
         what = f"GET {self._model_url}"
         payload = self._request("GET", self._model_url, what)
         entries = payload.get("model_version_status") if isinstance(payload, dict) else None
         if not isinstance(entries, list):
-            raise BackendError(f"{what}: no model_version_status list in the response")
+            raise BackendBadResponse(f"{what}: no model_version_status list in the response")
         result = []
         try:
             for entry in entries:
@@ -248,18 +245,14 @@ class RestClient:
                     )
                 )
         except (KeyError, TypeError, ValueError, AttributeError) as exc:
-            raise BackendError(f"{what}: malformed model_version_status entry: {exc}") from None
-        return sorted(result, key=lambda s: s.version)
+            raise BackendBadResponse(
+                f"{what}: malformed model_version_status entry: {exc}"
+            ) from None
+        return newest_first(result)
 
     def close(self) -> None:
         """Close the pooled connections."""
         self._session.close()
-
-    def __enter__(self) -> RestClient:
-        return self
-
-    def __exit__(self, *exc_info: object) -> None:
-        self.close()
 
 
 def _short(exc: BaseException) -> str:
@@ -281,18 +274,20 @@ def _read_probabilities(payload: Any, n: int, what: str) -> np.ndarray:
     """Probabilities from a columnar (``outputs``) or row (``predictions``) response."""
     if isinstance(payload, dict) and "outputs" in payload:
         outputs = payload["outputs"]
-        values = outputs.get(OUTPUT_NAME) if isinstance(outputs, dict) else outputs
+        values = outputs.get(OUTPUT_PROBABILITIES) if isinstance(outputs, dict) else outputs
     elif isinstance(payload, dict) and "predictions" in payload:
         rows = payload["predictions"]
-        values = [r.get(OUTPUT_NAME) if isinstance(r, dict) else r for r in rows]
+        values = [r.get(OUTPUT_PROBABILITIES) if isinstance(r, dict) else r for r in rows]
     else:
-        raise BackendError(f"{what}: response has neither 'outputs' nor 'predictions'")
+        raise BackendBadResponse(f"{what}: response has neither 'outputs' nor 'predictions'")
     try:
         probabilities = np.asarray(values, dtype=np.float32)
     except (TypeError, ValueError):
-        raise BackendError(f"{what}: {OUTPUT_NAME!r} is not a numeric matrix") from None
+        raise BackendBadResponse(
+            f"{what}: {OUTPUT_PROBABILITIES!r} is not a numeric matrix"
+        ) from None
     if probabilities.ndim != 2 or probabilities.shape[0] != n:
-        raise BackendError(
-            f"{what}: {OUTPUT_NAME!r} has shape {list(probabilities.shape)} for a batch of {n}"
+        raise BackendBadResponse(
+            f"{what}: {OUTPUT_PROBABILITIES!r} has shape {list(probabilities.shape)} for a batch of {n}"
         )
     return probabilities
