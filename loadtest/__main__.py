@@ -186,7 +186,8 @@ def build_parser() -> argparse.ArgumentParser:
         nargs="+",
         default=[],
         metavar="PATTERN",
-        help="rows whose name matches one of these shell patterns, e.g. 'gateway*'",
+        help="rows whose name or group (ours, peer, floor, limit) matches one of these shell "
+        "patterns, e.g. 'gateway*' peer",
     )
     cmp_.add_argument(
         "--workers", type=_positive_int, default=None, help="GATEWAY_WORKERS of gateway and floors"

@@ -159,10 +159,15 @@ def slug(name: str) -> str:
 
 
 def select(entries: Sequence[Any], patterns: Sequence[str]) -> list[Any]:
-    """The entries whose name matches one of the shell-style ``patterns`` (all if none)."""
+    """The entries whose name or group matches one of the shell-style ``patterns`` (all if
+    none), e.g. ``"gateway*"`` or ``peer``."""
     if not patterns:
         return list(entries)
-    return [e for e in entries if any(fnmatch.fnmatchcase(e.name, p) for p in patterns)]
+    return [
+        e
+        for e in entries
+        if any(fnmatch.fnmatchcase(e.name, p) or fnmatch.fnmatchcase(e.group, p) for p in patterns)
+    ]
 
 
 def gateway_env_from(environ: dict[str, str], workers: int | None, threads: int | None) -> dict:
