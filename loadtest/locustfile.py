@@ -35,13 +35,14 @@ the master, logged at the end and written to ``--check-stats-file`` as JSON.
 from __future__ import annotations
 
 import base64
+import functools
 import importlib
 import itertools
 import json
 import logging
 import random
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -339,6 +340,29 @@ def _tfserving_classes(doc: Any, n: int) -> np.ndarray:
     return arr.argmax(axis=1)
 
 
+def _post_checked(
+    user: FastHttpUser,
+    path: str,
+    body: bytes,
+    headers: dict[str, str],
+    name: str,
+    classes_of: Callable[[Any], np.ndarray],
+    labels: np.ndarray | None,
+) -> None:
+    """POST, fail the request on a non-200 or a bad answer, count wrong labels otherwise."""
+    with user.client.post(path, data=body, headers=headers, name=name, catch_response=True) as resp:
+        if resp.status_code != 200:
+            resp.failure(f"HTTP {resp.status_code}: {(resp.text or '')[:200]}")
+            return
+        try:
+            classes = classes_of(resp.json())
+        except (BadResponse, ValueError) as exc:  # ValueError: not JSON, unknown label name
+            resp.failure(f"bad answer: {exc}")
+            return
+        CHECKS.record(classes, labels)
+        resp.success()
+
+
 # -- users ---------------------------------------------------------------------------------------
 class GatewayUser(FastHttpUser):
     """``POST /v1/predict`` on the gateway with PNG images (raw, multipart or JSON b64)."""
@@ -351,23 +375,10 @@ class GatewayUser(FastHttpUser):
     @task
     def predict(self) -> None:
         payload, body, labels, n = next(self.cycle)
-        with self.client.post(
-            "/v1/predict",
-            data=body,
-            headers={"Content-Type": _CONTENT_TYPES[payload]},
-            name=f"/v1/predict [{payload} x{n}]",
-            catch_response=True,
-        ) as resp:
-            if resp.status_code != 200:
-                resp.failure(f"HTTP {resp.status_code}: {(resp.text or '')[:200]}")
-                return
-            try:
-                classes = _gateway_classes(resp.json(), n)
-            except (BadResponse, ValueError) as exc:
-                resp.failure(f"bad answer: {exc}")
-                return
-            CHECKS.record(classes, labels)
-            resp.success()
+        headers = {"Content-Type": _CONTENT_TYPES[payload]}
+        name = f"/v1/predict [{payload} x{n}]"
+        parse = functools.partial(_gateway_classes, n=n)
+        _post_checked(self, "/v1/predict", body, headers, name, parse, labels)
 
 
 class RestUser(FastHttpUser):
@@ -383,23 +394,9 @@ class RestUser(FastHttpUser):
     @task
     def predict(self) -> None:
         body, labels, n = next(self.cycle)
-        with self.client.post(
-            self.path,
-            data=body,
-            headers={"Content-Type": "application/json"},
-            name=f"{self.path} [x{n}]",
-            catch_response=True,
-        ) as resp:
-            if resp.status_code != 200:
-                resp.failure(f"HTTP {resp.status_code}: {(resp.text or '')[:200]}")
-                return
-            try:
-                classes = _tfserving_classes(resp.json(), n)
-            except (BadResponse, ValueError) as exc:
-                resp.failure(f"bad answer: {exc}")
-                return
-            CHECKS.record(classes, labels)
-            resp.success()
+        headers = {"Content-Type": "application/json"}
+        parse = functools.partial(_tfserving_classes, n=n)
+        _post_checked(self, self.path, body, headers, f"{self.path} [x{n}]", parse, labels)
 
 
 class GrpcUser(User):
@@ -456,19 +453,11 @@ class PeerUser(FastHttpUser):
     @task
     def predict(self) -> None:
         headers, body, labels, n = next(self.cycle)
-        with self.client.post(
-            self.path, data=body, headers=headers, name=f"{self.path} [x{n}]", catch_response=True
-        ) as resp:
-            if resp.status_code != 200:
-                resp.failure(f"HTTP {resp.status_code}: {(resp.text or '')[:200]}")
-                return
-            try:
-                names = _peers().labels(self.peer, resp.json())
-                if len(names) != n:
-                    raise BadResponse(f"expected {n} labels, got {len(names)}")
-                classes = np.array([CLASS_NAMES.index(x) for x in names], np.int64)
-            except (BadResponse, ValueError) as exc:  # list.index raises ValueError too
-                resp.failure(f"bad answer: {exc}")
-                return
-            CHECKS.record(classes, labels)
-            resp.success()
+        parse = functools.partial(self._classes, n=n)
+        _post_checked(self, self.path, body, headers, f"{self.path} [x{n}]", parse, labels)
+
+    def _classes(self, doc: Any, n: int) -> np.ndarray:
+        names = _peers().labels(self.peer, doc)
+        if len(names) != n:
+            raise BadResponse(f"expected {n} labels, got {len(names)}")
+        return np.array([CLASS_NAMES.index(x) for x in names], np.int64)
