@@ -1,0 +1,70 @@
+"""The work every peer does, imported inside the peers' venvs: decode, one model call, answer.
+
+- :func:`decode` is :func:`serving.preprocess.decode_image` (the gateway's preprocessing);
+- :class:`Model` loads the newest version under the model base dir with the project's own
+  :class:`serving.savedmodel.LoadedModel` (the embedded gateway's loader) and runs
+  ``serving_default`` on a stacked batch, TensorFlow limited to one intra-op and one inter-op
+  thread per process as the gateway's workers are (``GATEWAY_TF_*_THREADS`` defaults);
+- :func:`predictions` turns ``[N, 10]`` probabilities into the gateway's prediction objects
+  (``class_id``, ``label``, ``confidence``, ``probabilities``, rounded to 6 decimals).
+
+Only numpy, Pillow and TensorFlow are needed (TensorFlow is imported when a model is loaded).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+
+from serving.labels import CLASS_NAMES, MODEL_NAME
+from serving.preprocess import decode_image, to_batch
+from serving.savedmodel import LoadedModel, list_versions
+
+MODEL_DIR_ENV = "CONVSERVE_PEER_MODEL_DIR"  # mirrors loadtest.peers.registry.MODEL_DIR_ENV
+DECIMALS = 6
+decode = decode_image
+
+
+def model_dir_from_env() -> Path:
+    """The model base dir the launcher passed in ``CONVSERVE_PEER_MODEL_DIR``."""
+    try:
+        return Path(os.environ[MODEL_DIR_ENV])
+    except KeyError:
+        raise RuntimeError(f"{MODEL_DIR_ENV} is not set (the model base dir)") from None
+
+
+class Model:
+    """The newest SavedModel version under ``base_dir``, ready to classify batches."""
+
+    def __init__(self, base_dir: Path) -> None:
+        import tensorflow as tf  # only here: this module is imported before workers fork
+
+        tf.config.threading.set_intra_op_parallelism_threads(1)
+        tf.config.threading.set_inter_op_parallelism_threads(1)
+        versions = list_versions(base_dir)
+        if not versions:
+            raise RuntimeError(f"no SavedModel version under {base_dir}")
+        self.name = MODEL_NAME
+        self.version = versions[-1]
+        self._loaded = LoadedModel.load(Path(base_dir) / str(self.version))
+
+    def probabilities(self, images: Sequence[np.ndarray]) -> np.ndarray:
+        """``serving_default`` on decoded ``[28, 28, 1]`` images → ``[N, 10]`` probabilities."""
+        return self._loaded.predict({"images": to_batch(images)})["probabilities"]
+
+    def classify(self, pngs: Sequence[bytes]) -> list[dict]:
+        """Decode and classify encoded images, one prediction each, in order."""
+        return predictions(self.probabilities([decode(p) for p in pngs]))
+
+
+def predictions(probabilities: np.ndarray) -> list[dict]:
+    """The gateway's prediction objects for a ``[N, 10]`` probability array."""
+    probs = np.round(np.asarray(probabilities, dtype=np.float64), DECIMALS)
+    ids = probs.argmax(axis=1).tolist()
+    return [
+        {"class_id": c, "label": CLASS_NAMES[c], "confidence": row[c], "probabilities": row}
+        for c, row in zip(ids, probs.tolist(), strict=True)
+    ]
