@@ -27,10 +27,10 @@ from client import (
     TFServingClient,
 )
 from client.cli import EXIT_INPUT, EXIT_SERVER, EXIT_UNREACHABLE, EXIT_USAGE
+from loadtest.servers import free_port
 from serving.labels import CLASS_NAMES
 from serving.preprocess import array_to_input, decode_image, to_batch
 from tests.support.fake_tfserving import fake_grpc_server, fake_probabilities, fake_rest_server
-from tests.support.net import free_port
 
 ROOT = Path(__file__).resolve().parents[1]
 IMAGES = ROOT / "tests" / "support" / "images"

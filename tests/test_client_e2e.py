@@ -38,7 +38,7 @@ def model_base(request) -> Path:
 
 @pytest.fixture(scope="module")
 def server(model_base):
-    from tests.support.modelserver import start_modelserver
+    from loadtest.servers import start_modelserver
 
     with start_modelserver(model_base) as handle:
         yield handle
@@ -173,7 +173,7 @@ def labelled_server(model_base, tmp_path_factory):
     """A second model server with versions 1 and 2 and the labels stable=1, canary=2."""
     import shutil
 
-    from tests.support.modelserver import start_modelserver
+    from loadtest.servers import start_modelserver
 
     base = tmp_path_factory.mktemp("labelled") / "fashion_mnist"
     shutil.copytree(model_base / "1", base / "1")
@@ -212,11 +212,9 @@ def test_label_pinning(labelled_server, test_batch, protocol):
 @pytest.fixture(scope="module")
 def gateway_process(server):
     """The real gateway (``python -m serving.gateway`` under gunicorn) on the model server's gRPC."""
-    from tests.support.gateway import start_gateway
+    from loadtest.servers import start_gateway
 
-    with start_gateway(
-        {"GATEWAY_BACKEND": f"grpc://{server.target}", "GATEWAY_WORKERS": "1"}
-    ) as gw:
+    with start_gateway(f"grpc://{server.target}", workers=1) as gw:
         yield gw
 
 

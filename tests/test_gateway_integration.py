@@ -25,8 +25,7 @@ import requests
 from PIL import Image
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.support.gateway import modelserver_on_ports, start_gateway
-from tests.support.net import free_port
+from loadtest.servers import free_ports, start_gateway, start_modelserver
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -57,9 +56,7 @@ def embedded_base(exported_model, tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def ms_ports() -> tuple[int, int]:
-    grpc_port, rest_port = free_port(), free_port()
-    while rest_port == grpc_port:
-        rest_port = free_port()
+    grpc_port, rest_port = free_ports(2)
     return grpc_port, rest_port
 
 
@@ -67,24 +64,32 @@ def ms_ports() -> tuple[int, int]:
 def embedded_gateway(embedded_base):
     # Started first and not waited for: its workers load TensorFlow while the rest starts.
     env = {
-        "GATEWAY_BACKEND": f"embedded:{embedded_base}",
-        "GATEWAY_WORKERS": "2",
         "GATEWAY_TIMEOUT_SECONDS": str(TIMEOUT_S),
         "GATEWAY_MODEL_POLL_SECONDS": "0.5",
     }
-    with start_gateway(env, wait=False) as gw:
+    with start_gateway(f"embedded:{embedded_base}", env=env, workers=2, wait=False) as gw:
         yield gw
 
 
 @pytest.fixture(scope="module")
 def modelserver(ms_base, ms_ports, embedded_gateway):
-    with modelserver_on_ports(ms_base, *ms_ports, "--file_system_poll_wait_seconds=1") as proc:
-        yield proc
+    with _modelserver_on(ms_base, ms_ports) as server:
+        yield server
 
 
-def _remote_env(backend: str) -> dict[str, str]:
+def _modelserver_on(base: Path, ports: tuple[int, int]):
+    grpc_port, rest_port = ports
+    return start_modelserver(
+        base,
+        "--file_system_poll_wait_seconds=1",
+        grpc_port=grpc_port,
+        rest_port=rest_port,
+        timeout=90.0,
+    )
+
+
+def _remote_env() -> dict[str, str]:
     return {
-        "GATEWAY_BACKEND": backend,
         "GATEWAY_WORKERS": "2",
         "GATEWAY_THREADS": "4",
         "GATEWAY_TIMEOUT_SECONDS": str(TIMEOUT_S),
@@ -94,21 +99,19 @@ def _remote_env(backend: str) -> dict[str, str]:
 
 @pytest.fixture(scope="module")
 def grpc_gateway(modelserver, ms_ports):
-    with start_gateway(_remote_env(f"grpc://127.0.0.1:{ms_ports[0]}")) as gw:
+    with start_gateway(f"grpc://127.0.0.1:{ms_ports[0]}", env=_remote_env()) as gw:
         yield gw
 
 
 @pytest.fixture(scope="module")
 def rest_gateway(modelserver, ms_ports):
-    with start_gateway(_remote_env(f"http://127.0.0.1:{ms_ports[1]}")) as gw:
+    with start_gateway(f"http://127.0.0.1:{ms_ports[1]}", env=_remote_env()) as gw:
         yield gw
 
 
 @pytest.fixture(scope="module")
 def gateways(grpc_gateway, rest_gateway, embedded_gateway):
-    from tests.support.gateway import wait_ready
-
-    wait_ready(embedded_gateway, 120)
+    embedded_gateway.wait_ready(120)
     # Every worker of the embedded gateway must have its model: a request reaching a worker
     # that is still loading waits for it (within the deadline), so warm both up.
     for _ in range(8):
@@ -333,13 +336,14 @@ def test_pinned_versions(gateways, ms_base, ms_ports, test_pngs):
     _, pngs = test_pngs
     served = max(int(p.name) for p in ms_base.iterdir() if p.name.isdigit())  # after the swap
     post = dict(data=pngs[0], headers={"Content-Type": "image/png"}, timeout=30)
-    pinned = {**_remote_env(f"grpc://127.0.0.1:{ms_ports[0]}"), "GATEWAY_WORKERS": "1"}
-    with start_gateway({**pinned, "GATEWAY_MODEL_VERSION": str(served)}) as gw:
+    backend = f"grpc://127.0.0.1:{ms_ports[0]}"
+    pinned = {**_remote_env(), "GATEWAY_WORKERS": "1"}
+    with start_gateway(backend, env={**pinned, "GATEWAY_MODEL_VERSION": str(served)}) as gw:
         r = requests.post(f"{gw.url}/v1/predict", **post)
         assert r.status_code == 200, r.text
         assert r.json()["model_version"] == served
         assert requests.get(f"{gw.url}/v1/models", timeout=10).json()["pinned_version"] == served
-    with start_gateway({**pinned, "GATEWAY_MODEL_VERSION": "99"}, wait=False) as gw:
+    with start_gateway(backend, env={**pinned, "GATEWAY_MODEL_VERSION": "99"}, wait=False) as gw:
         deadline = time.monotonic() + 30
         while True:
             try:
@@ -358,8 +362,7 @@ def test_pinned_versions(gateways, ms_base, ms_ports, test_pngs):
 def test_modelserver_down_then_back(gateways, modelserver, ms_base, ms_ports, test_pngs):
     gw = gateways["grpc"]
     _, pngs = test_pngs
-    modelserver.terminate()
-    modelserver.wait(20)
+    modelserver.stop()
     post = dict(data=pngs[0], headers={"Content-Type": "image/png"}, timeout=30)
     for _ in range(4):  # both workers, whatever their channel state
         started = time.monotonic()
@@ -375,7 +378,7 @@ def test_modelserver_down_then_back(gateways, modelserver, ms_base, ms_ports, te
     rest = requests.post(f"{gateways['rest'].url}/v1/predict", **post)
     assert rest.status_code == 503 and rest.json()["error"]["code"] == "backend_unavailable"
 
-    with modelserver_on_ports(ms_base, *ms_ports, "--file_system_poll_wait_seconds=1"):
+    with _modelserver_on(ms_base, ms_ports):
         # Each worker's gRPC channel reconnects on its own backoff (at most 2 s, see
         # serving.tfserving.grpc_client): within a few seconds every request succeeds again.
         deadline = time.monotonic() + 15

@@ -11,8 +11,9 @@ import numpy as np
 import pytest
 import requests
 
+from loadtest.servers import start_modelserver
 from serving.labels import CLASS_NAMES, MODEL_NAME
-from tests.support.modelserver import model_base_for_tests, start_modelserver
+from tests.support.modelserver import model_base_for_tests
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 

@@ -17,8 +17,9 @@ import numpy as np
 import pytest
 import requests
 
+from loadtest.servers import ROOT, start_modelserver
 from serving.labels import MODEL_NAME
-from tests.support.modelserver import ROOT, model_base_for_tests, start_modelserver
+from tests.support.modelserver import model_base_for_tests
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 

@@ -14,6 +14,7 @@ import grpc
 import numpy as np
 import pytest
 
+from loadtest.servers import free_port
 from serving.tfserving import (
     BackendError,
     BackendInvalidRequest,
@@ -26,7 +27,6 @@ from serving.tfserving import (
     VersionStatus,
 )
 from tests.support.fake_tfserving import fake_grpc_server, fake_probabilities, fake_rest_server, pb
-from tests.support.net import free_port
 
 ROOT = Path(__file__).resolve().parents[1]
 
