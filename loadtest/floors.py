@@ -6,22 +6,24 @@
 
 Both run under ``gunicorn -c python:serving.gateway.gunicorn_conf`` (the gateway's settings
 module itself: worker class, workers, threads, keep-alive, timeouts, read from the same
-``GATEWAY_*`` variables), with only the application replaced. ``GET /readyz`` answers 200.
+``GATEWAY_*`` variables), started by :func:`loadtest.servers.start_gunicorn_app`, with only
+the application replaced. ``GET /readyz`` answers 200.
 The answer is fixed, so a load test must not count its label as right or wrong.
 
 Example::
 
-    from loadtest.floors import floor_command, floor_env
-    argv, env = floor_command("flask"), floor_env(8123)   # then start it with the launcher
+    from loadtest.floors import start_floor
+    with start_floor("flask") as floor:       # a loadtest.servers.Server
+        print(floor.url)                      # http://127.0.0.1:<free port>
 """
 
 from __future__ import annotations
 
 import json
-import sys
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
+from loadtest.servers import Server, start_gunicorn_app
 from serving.labels import CLASS_NAMES, MODEL_NAME
 
 #: The fixed answer: one confident "Ankle boot", as the gateway would render it.
@@ -84,15 +86,14 @@ def wsgi_app(environ: dict, start_response: Callable[..., Any]) -> Iterable[byte
     return [b"not found"]
 
 
-def floor_command(name: str) -> list[str]:
-    """argv running floor ``name`` under gunicorn with the gateway's settings module."""
+def start_floor(
+    name: str, *, env: Mapping[str, str] | None = None, timeout: float = 60.0
+) -> Server:
+    """Start floor ``name`` under the gateway's gunicorn settings (``GATEWAY_*`` from ``env``)."""
     try:
         spec = FLOORS[name]
     except KeyError:
         raise KeyError(f"unknown floor {name!r} (known: {', '.join(FLOORS)})") from None
-    return [sys.executable, "-m", "gunicorn", "-c", "python:serving.gateway.gunicorn_conf", spec]
-
-
-def floor_env(port: int, host: str = "127.0.0.1") -> dict[str, str]:
-    """Environment additions: where to listen, through the gateway's own variables."""
-    return {"GATEWAY_HOST": host, "GATEWAY_PORT": str(port), "GATEWAY_LOG_LEVEL": "WARNING"}
+    return start_gunicorn_app(
+        f"floor-{name}", spec, env={"GATEWAY_LOG_LEVEL": "WARNING", **(env or {})}, timeout=timeout
+    )

@@ -18,8 +18,7 @@ import base64
 
 import bentoml
 
-from loadtest.peers.model import Model, model_dir_from_env
-from loadtest.peers.registry import MAX_BATCH_SIZE, WORKERS
+from loadtest.peers.model import MAX_BATCH_SIZE, WORKERS, Model, model_dir_from_env
 
 
 # No access log: the gateway's is off by default too (GATEWAY_ACCESS_LOG).

@@ -24,8 +24,15 @@ import signal
 import litserve as ls
 import numpy as np
 
-from loadtest.peers.model import Model, decode, model_dir_from_env, predictions
-from loadtest.peers.registry import BATCH_WAIT_SECONDS, MAX_BATCH_SIZE, WORKERS
+from loadtest.peers.model import (
+    BATCH_WAIT_SECONDS,
+    MAX_BATCH_SIZE,
+    WORKERS,
+    Model,
+    decode,
+    model_dir_from_env,
+    predictions,
+)
 
 
 class FashionMnistAPI(ls.LitAPI):

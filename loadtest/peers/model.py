@@ -23,8 +23,13 @@ from serving.labels import CLASS_NAMES, MODEL_NAME
 from serving.preprocess import decode_image, to_batch
 from serving.savedmodel import LoadedModel, list_versions
 
-MODEL_DIR_ENV = "CONVSERVE_PEER_MODEL_DIR"  # mirrors loadtest.peers.registry.MODEL_DIR_ENV
+MODEL_DIR_ENV = "CONVSERVE_PEER_MODEL_DIR"
 DECIMALS = 6
+#: Settings every peer uses: the gateway's defaults (GATEWAY_BATCH_MAX_SIZE=64,
+#: GATEWAY_BATCH_TIMEOUT_MS=2, GATEWAY_WORKERS=2).
+MAX_BATCH_SIZE = 64
+BATCH_WAIT_SECONDS = 0.002
+WORKERS = 2
 decode = decode_image
 
 
@@ -42,8 +47,11 @@ class Model:
     def __init__(self, base_dir: Path) -> None:
         import tensorflow as tf  # only here: this module is imported before workers fork
 
-        tf.config.threading.set_intra_op_parallelism_threads(1)
-        tf.config.threading.set_inter_op_parallelism_threads(1)
+        try:
+            tf.config.threading.set_intra_op_parallelism_threads(1)
+            tf.config.threading.set_inter_op_parallelism_threads(1)
+        except RuntimeError:
+            pass  # TensorFlow already running in this process (tests): keep its pools
         versions = list_versions(base_dir)
         if not versions:
             raise RuntimeError(f"no SavedModel version under {base_dir}")

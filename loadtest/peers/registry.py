@@ -11,9 +11,10 @@ one intra-op and one inter-op thread per worker, micro-batches of up to 64 image
 
 - ``bentoml``: ``bentoml serve`` with ``workers=2``; adaptive batching with
   ``max_batch_size=64`` and BentoML's default latency budget (requests are never refused).
-- ``litserve``: one uvicorn API server process feeding ``workers_per_device=2`` inference
-  processes on the CPU; ``max_batch_size=64``, ``batch_timeout=0.002`` s (the gateway's 2 ms).
-- ``mlserver``: ``mlserver start`` with ``parallel_workers=2`` inference processes; adaptive
+- ``litserve``: two uvicorn API server processes feeding ``workers_per_device=2`` inference
+  processes on the CPU (LitServe's default pairing); ``max_batch_size=64``, ``batch_timeout=0.002`` s (the gateway's 2 ms).
+- ``mlserver``: ``mlserver start``: one uvicorn HTTP process, ``parallel_workers=2``
+  inference processes; adaptive
   batching ``max_batch_size=64``, ``max_batch_time=0.002`` s. MLServer pins protobuf < 7,
   which is one reason each peer has its own venv.
 
@@ -27,22 +28,24 @@ Example::
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import platform
 import sys
+import tempfile
+from collections.abc import Sequence
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
 
+from loadtest.peers.model import BATCH_WAIT_SECONDS, MAX_BATCH_SIZE, MODEL_DIR_ENV, WORKERS
+from loadtest.servers import Server, free_ports, http_ok, launch
+from serving.labels import MODEL_NAME
+
 REPO_ROOT = Path(__file__).resolve().parents[2]
 PEERS_DIR_ENV = "CONVSERVE_PEERS_DIR"
-MODEL_DIR_ENV = "CONVSERVE_PEER_MODEL_DIR"
 STAMP = "convserve-peer.json"
-#: Micro-batching settings shared by every peer (the gateway's GATEWAY_BATCH_* defaults).
-MAX_BATCH_SIZE = 64
-BATCH_WAIT_SECONDS = 0.002
-WORKERS = 2
 
 
 def peers_dir() -> Path:
@@ -115,7 +118,7 @@ PEERS: dict[str, Peer] = {
         Peer(
             "mlserver",
             "MLServer",
-            ("mlserver==1.7.1", "protobuf<7"),
+            ("mlserver==1.7.1", "protobuf<7", "uvloop==0.21.0"),
             "mlserver",
             f"adaptive batching, max_batch_size={MAX_BATCH_SIZE}, "
             f"max_batch_time={BATCH_WAIT_SECONDS}s, {WORKERS} parallel workers",
@@ -165,11 +168,147 @@ def is_installed(name: str, root: Path | None = None) -> bool:
     )
 
 
-def peer_env(name: str, model_dir: Path) -> dict[str, str]:
+def _b64(pngs: Sequence[bytes]) -> list[str]:
+    return [base64.b64encode(p).decode("ascii") for p in pngs]
+
+
+def peer_command(name: str, port: int, model_dir: Path, root: Path | None = None) -> list[str]:
+    """argv starting peer ``name`` on ``127.0.0.1:port`` from its venv.
+
+    MLServer also needs :func:`peer_env` (its ports and batching are ``MLSERVER_*`` variables)
+    and a working folder to scan for models: ``model_dir`` is not on its command line.
+    """
+    peer = get(name)
+    bin_dir = peer.venv(root) / "bin"
+    if name == "bentoml":
+        return [
+            str(bin_dir / "bentoml"),
+            "serve",
+            "loadtest.peers.bentoml_service:FashionMnist",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+        ]
+    if name == "litserve":
+        return [
+            str(peer.python(root)),
+            "-m",
+            "loadtest.peers.litserve_service",
+            "--port",
+            str(port),
+        ]
+    return [str(bin_dir / "mlserver"), "start", "."]
+
+
+def peer_env(
+    name: str, model_dir: Path, *, grpc_port: int = 0, metrics_port: int = 0, http_port: int = 0
+) -> dict[str, str]:
     """Environment additions for the peer process (on top of the caller's environment)."""
-    get(name)
-    return {
+    env = {
         "PYTHONPATH": str(REPO_ROOT),
         MODEL_DIR_ENV: str(Path(model_dir).resolve()),
         "TF_CPP_MIN_LOG_LEVEL": "2",
     }
+    if get(name).name == "mlserver":
+        env |= {
+            "MLSERVER_HOST": "127.0.0.1",
+            "MLSERVER_HTTP_PORT": str(http_port),
+            "MLSERVER_GRPC_PORT": str(grpc_port),
+            "MLSERVER_METRICS_PORT": str(metrics_port),
+            "MLSERVER_PARALLEL_WORKERS": str(WORKERS),
+            "MLSERVER_DEBUG": "false",
+            "MLSERVER_LOAD_MODELS_AT_STARTUP": "true",
+            "MLSERVER_MODEL_NAME": MODEL_NAME,
+            "MLSERVER_MODEL_IMPLEMENTATION": "loadtest.peers.mlserver_service.FashionMnistRuntime",
+            "MLSERVER_MODEL_MAX_BATCH_SIZE": str(MAX_BATCH_SIZE),
+            "MLSERVER_MODEL_MAX_BATCH_TIME": str(BATCH_WAIT_SECONDS),
+        }
+    return env
+
+
+#: peer → (readiness path, prediction path)
+PATHS: dict[str, tuple[str, str]] = {
+    "bentoml": ("/readyz", "/v1/predict"),
+    "litserve": ("/health", "/v1/predict"),
+    "mlserver": ("/v2/health/ready", f"/v2/models/{MODEL_NAME}/infer"),
+}
+
+
+def predict_path(name: str) -> str:
+    """The URL path that classifies images on peer ``name``."""
+    get(name)
+    return PATHS[name][1]
+
+
+def request_body(name: str, pngs: Sequence[bytes]) -> tuple[dict[str, str], bytes]:
+    """Headers and body asking peer ``name`` to classify ``pngs`` in one request."""
+    get(name)
+    if name == "mlserver":
+        doc: dict = {
+            "inputs": [
+                {
+                    "name": "images",
+                    "datatype": "BYTES",
+                    "shape": [len(pngs)],
+                    "parameters": {"content_type": "base64"},
+                    "data": _b64(pngs),
+                }
+            ]
+        }
+    else:
+        doc = {"images": _b64(pngs)}
+    return {"Content-Type": "application/json"}, json.dumps(doc).encode()
+
+
+def labels(name: str, answer: object) -> list[str]:
+    """The predicted labels in peer ``name``'s parsed JSON answer, in request order.
+
+    Raises ``ValueError`` when the answer does not have the peer's shape.
+    """
+    get(name)
+    try:
+        if name == "mlserver":
+            out = {o["name"]: o for o in answer["outputs"]}  # type: ignore[index]
+            return [str(x) for x in out["labels"]["data"]]
+        preds = answer if name == "bentoml" else answer["predictions"]  # type: ignore[index]
+        return [p["label"] for p in preds]  # type: ignore[union-attr]
+    except (KeyError, TypeError) as exc:
+        raise ValueError(f"{name} answer has an unexpected shape: {exc!r}") from None
+
+
+class NotInstalled(RuntimeError):
+    """The peer's venv is missing; the message names the command that installs it."""
+
+
+def start_peer(
+    name: str,
+    model_dir: Path,
+    *,
+    root: Path | None = None,
+    timeout: float = 180.0,
+    wait: bool = True,
+) -> Server:
+    """Start peer ``name`` on free loopback ports with the launcher; ready when it says so.
+
+    Raises :class:`NotInstalled` (with the install command) when its venv is missing, and
+    ``loadtest.servers.StartError`` when it exits or is not ready within ``timeout``.
+    """
+    if not is_installed(name, root):
+        raise NotInstalled(
+            f"{name} is not installed under {root or peers_dir()}: run `{install_command(name)}`"
+        )
+    http, grpc, metrics = free_ports(3)
+    workdir = Path(tempfile.mkdtemp(prefix=f"convserve-peer-{name}-"))
+    ready_path = PATHS[name][0]
+    return launch(
+        f"peer-{name}",
+        peer_command(name, http, model_dir, root),
+        ready=lambda s: http_ok(f"{s.url}{ready_path}"),
+        ports={"http": http},
+        env=peer_env(name, model_dir, http_port=http, grpc_port=grpc, metrics_port=metrics),
+        cwd=workdir,
+        timeout=timeout,
+        wait=wait,
+        workdir=workdir,
+    )
