@@ -19,10 +19,12 @@ Example::
 
 from __future__ import annotations
 
+import contextlib
 import json
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any
 
+from loadtest.registry import Configuration, Context, Entry
 from loadtest.servers import Server, start_gunicorn_app
 from serving.labels import CLASS_NAMES, MODEL_NAME
 
@@ -97,3 +99,24 @@ def start_floor(
     return start_gunicorn_app(
         f"floor-{name}", spec, env={"GATEWAY_LOG_LEVEL": "WARNING", **(env or {})}, timeout=timeout
     )
+
+
+def _row(name: str, title: str) -> Configuration:
+    @contextlib.contextmanager
+    def start(ctx: Context) -> Iterator[str]:
+        with start_floor(name, env=ctx.gateway_env) as server:
+            yield server.url
+
+    return Configuration(
+        title,
+        "gateway",
+        start,
+        group="floor",
+        count_labels=False,
+        note="fixed JSON answer, gateway's gunicorn settings",
+    )
+
+
+def configurations() -> list[Entry]:
+    """``loadtest compare``'s rows: the Flask floor and the bare WSGI floor."""
+    return [_row("flask", "Flask floor"), _row("wsgi", "WSGI floor")]

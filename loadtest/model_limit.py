@@ -34,11 +34,20 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from loadtest.peers.model import Model, decode
+from loadtest.registry import Context, Entry, Measurement
 from loadtest.preprocess import ALTERATIONS, REFERENCE_IMAGES
 from serving.savedmodel import list_versions
 
 BATCH = 64
 CELLS = ("model_b1", "model_b64", "decode_model_b1", "decode_model_b64")
+#: Seconds per rate when ``loadtest compare`` measures the limit (default 2).
+BUDGET_ENV = "CONVSERVE_MODEL_LIMIT_SECONDS"
+ROW_NAMES = {
+    "model_b1": "model limit b1",
+    "model_b64": "model limit b64",
+    "decode_model_b1": "decode+model b1",
+    "decode_model_b64": "decode+model b64",
+}
 
 
 def _rate(call: Callable[[], object], images_per_call: int, budget_s: float) -> float:
@@ -133,6 +142,36 @@ def markdown(result: dict) -> str:
         batch = cell.rsplit("_b", 1)[1]
         rows.append(f"| {work} | {batch} | {result[f'{cell}_images_per_second']:,.0f} |")
     return "\n".join(rows)
+
+
+def compare_rows(ctx: Context, images: object) -> list[dict]:
+    """The four rates as ``loadtest compare`` rows, on the PNGs Locust sends (``images.pngs``)."""
+    budget = float(os.environ.get(BUDGET_ENV) or 2.0)
+    result = measure_in_subprocess(ctx.model_dir, images.pngs, budget_s=budget)  # type: ignore[attr-defined]
+    rows = []
+    for cell, name in ROW_NAMES.items():
+        ips = result[f"{cell}_images_per_second"]
+        batch = int(cell.rsplit("_b", 1)[1])
+        rows.append(
+            {
+                "name": name,
+                "batch_size": batch,
+                "images_per_second": ips,
+                "requests_per_second": round(ips / batch, 1),
+            }
+        )
+    return rows
+
+
+def configurations() -> list[Entry]:
+    """``loadtest compare``'s plug-in hook: the in-process limit (4 rows, one thread, no HTTP)."""
+    return [
+        Measurement(
+            "model limit",
+            compare_rows,
+            note=f"in-process serving_default, 1 thread, {BUDGET_ENV} s per rate (default 2)",
+        )
+    ]
 
 
 def main(argv: list[str] | None = None) -> int:

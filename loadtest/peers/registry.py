@@ -29,17 +29,19 @@ Example::
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
 import os
 import platform
 import sys
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
 
 from loadtest.peers.model import BATCH_WAIT_SECONDS, MAX_BATCH_SIZE, MODEL_DIR_ENV, WORKERS
+from loadtest.registry import Configuration, Context, Entry
 from loadtest.servers import Server, free_ports, http_ok, launch
 from serving.labels import MODEL_NAME
 
@@ -312,3 +314,33 @@ def start_peer(
         wait=wait,
         workdir=workdir,
     )
+
+
+# -- loadtest compare ---------------------------------------------------------------------------
+def _unavailable(name: str) -> str | None:
+    if is_installed(name):
+        return None
+    return f"not installed: {install_command(name)} (or make bench-peers)"
+
+
+def _row(name: str) -> Configuration:
+    @contextlib.contextmanager
+    def start(ctx: Context) -> Iterator[str]:
+        with start_peer(name, ctx.model_dir) as server:
+            yield server.url
+
+    peer = get(name)
+    return Configuration(
+        peer.title,
+        "peer",
+        start,
+        group="peer",
+        available=lambda: _unavailable(name),
+        locust_args=("--peer", name),
+        note=peer.batching,
+    )
+
+
+def configurations() -> list[Entry]:
+    """One single-image row per peer; a peer whose venv is missing reports its install command."""
+    return [_row(name) for name in PEERS]
