@@ -1,0 +1,281 @@
+"""convserve load tests: ``python -m loadtest run`` (one Locust run) and ``compare`` (all rows).
+
+Usage::
+
+    # 30 s against the gateway of `make run`, 32 users, one dataset PNG per request
+    python -m loadtest run --target gateway --host http://127.0.0.1:8080 \\
+        --users 32 --spawn-rate 16 --duration 30s --out runs/loadtest
+    # TF Serving / the model server directly, 64 images per gRPC call, with thresholds
+    python -m loadtest run --target grpc --host grpc://127.0.0.1:8500 --batch-size 64 \\
+        --users 8 --spawn-rate 8 --duration 1m --out runs/grpc64 --max-p99-ms 500
+    # every configuration in turn (starts and stops them itself)
+    python -m loadtest compare --model-dir models/fashion_mnist --users 32 --duration 20s \\
+        --out runs/compare
+    python -m loadtest compare --list           # the rows and whether each can run
+
+``run`` writes Locust's CSVs and HTML report, ``summary.json``, ``checks.json`` and
+``timeline.png`` into ``--out``. ``compare`` writes one such folder per row plus
+``compare.json``, ``compare.md`` and ``compare.png``, and prints the markdown table.
+
+Images are the Fashion-MNIST test set when ``FASHION_MNIST_DIR`` is set (answers are then also
+compared with the dataset labels: ``wrong_labels``), else a small generated set (no labels).
+
+Exit codes: 0 done (thresholds met); 1 a threshold was crossed (``run``) or a row failed or had
+failed requests (``compare``); 2 bad arguments or an unreachable host; 3 Locust itself failed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+from pathlib import Path
+from typing import NoReturn
+
+from loadtest import compare
+from loadtest.run import LoadSpec, LoadTestError, Unreachable, parse_duration, run_load
+from loadtest.targets import PAYLOADS, TARGETS
+
+EXIT_OK, EXIT_THRESHOLD, EXIT_USAGE, EXIT_LOCUST = 0, 1, 2, 3
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse with a one-line error (no usage dump) and exit status 2."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(EXIT_USAGE, f"{self.prog}: error: {message} (see --help)\n")
+
+
+def _duration(text: str) -> str:
+    try:
+        parse_duration(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    return text
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    return value
+
+
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not value > 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"must be a finite number > 0, got {text}")
+    return value
+
+
+def _ratio(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not 0.0 <= value <= 1.0:
+        raise argparse.ArgumentTypeError(f"must be between 0 and 1, got {text}")
+    return value
+
+
+def _add_load_args(p: argparse.ArgumentParser, *, users: int, duration: str) -> None:
+    p.add_argument("--users", type=_positive_int, default=users, help=f"concurrent users ({users})")
+    p.add_argument(
+        "--spawn-rate",
+        type=_positive_float,
+        default=None,
+        help="users started per second (default: all at once, = --users)",
+    )
+    p.add_argument(
+        "--duration",
+        type=_duration,
+        default=duration,
+        help=f"run time as Locust writes it: 30s, 2m, 1h30m ({duration})",
+    )
+    p.add_argument(
+        "--images",
+        type=_positive_int,
+        default=1000,
+        help="test images to cycle through (1000)",
+    )
+    p.add_argument(
+        "--processes",
+        type=_positive_int,
+        default=1,
+        help="Locust processes (>1 runs a master and workers; 1)",
+    )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The ``python -m loadtest`` parser."""
+    parser = _Parser(
+        prog="python -m loadtest",
+        description="Load tests of convserve with Locust.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="Exit codes: 0 ok, 1 threshold crossed / row failed, 2 usage or unreachable host, "
+        "3 Locust failed.",
+    )
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    run = sub.add_parser(
+        "run",
+        help="one headless Locust run, with summary.json and a timeline PNG",
+        description="Run the locustfile headless against one target and write the report.",
+    )
+    run.add_argument("--target", choices=sorted(TARGETS), required=True, help="what to load")
+    run.add_argument(
+        "--host",
+        required=True,
+        help="http://host:port (gateway, rest, peer) or grpc://host:port (grpc)",
+    )
+    _add_load_args(run, users=32, duration="30s")
+    run.add_argument("--out", type=Path, required=True, help="folder for the artefacts")
+    run.add_argument("--batch-size", type=_positive_int, default=1, help="images per request (1)")
+    run.add_argument(
+        "--payload",
+        choices=PAYLOADS,
+        default="auto",
+        help="gateway body: png, multipart, b64, mix; auto = png at batch 1, else multipart",
+    )
+    run.add_argument("--peer", default="", help="with --target peer: which peer")
+    run.add_argument(
+        "--max-fail-ratio",
+        type=_ratio,
+        default=0.0,
+        help="exit 1 if failed/requests exceeds this (0: any failure)",
+    )
+    run.add_argument(
+        "--max-p99-ms",
+        type=_positive_float,
+        default=None,
+        help="exit 1 if the 99th percentile latency exceeds this many ms",
+    )
+    run.add_argument(
+        "--request-timeout",
+        type=_positive_float,
+        default=10.0,
+        help="seconds before a request counts as failed (10)",
+    )
+
+    cmp_ = sub.add_parser(
+        "compare",
+        help="start and load every configuration in turn; markdown table, JSON, bar chart",
+        description="Start each configuration (gateway with each backend, model server, peers, "
+        "floors, model limit), load it with the same Locust settings, one after another.",
+    )
+    cmp_.add_argument(
+        "--model-dir",
+        type=Path,
+        default=Path("models/fashion_mnist"),
+        help="exported model base dir (models/fashion_mnist; `make quick-model` makes one)",
+    )
+    _add_load_args(cmp_, users=32, duration="20s")
+    cmp_.add_argument(
+        "--out", type=Path, default=Path("runs/compare"), help="folder for the artefacts"
+    )
+    cmp_.add_argument(
+        "--only",
+        nargs="+",
+        default=[],
+        metavar="PATTERN",
+        help="rows whose name matches one of these shell patterns, e.g. 'gateway*'",
+    )
+    cmp_.add_argument(
+        "--workers", type=_positive_int, default=None, help="GATEWAY_WORKERS of gateway and floors"
+    )
+    cmp_.add_argument(
+        "--threads", type=_positive_int, default=None, help="GATEWAY_THREADS of gateway and floors"
+    )
+    cmp_.add_argument(
+        "--list", action="store_true", help="list the rows and whether each can run, then exit"
+    )
+    return parser
+
+
+def _run(args: argparse.Namespace) -> int:
+    extra = ("--peer", args.peer) if args.peer else ()
+    spec = LoadSpec(
+        target=args.target,
+        host=args.host,
+        users=args.users,
+        spawn_rate=args.spawn_rate or float(args.users),
+        duration=args.duration,
+        out=args.out,
+        batch_size=args.batch_size,
+        payload=args.payload,
+        images=args.images,
+        request_timeout=args.request_timeout,
+        processes=args.processes,
+        extra_args=extra,
+    )
+    try:
+        spec.validate()
+    except ValueError as exc:
+        print(f"loadtest run: error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    try:
+        summary = run_load(spec, max_fail_ratio=args.max_fail_ratio, max_p99_ms=args.max_p99_ms)
+    except LoadTestError as exc:
+        print(f"loadtest run: error: {exc}", file=sys.stderr)
+        return EXIT_USAGE if isinstance(exc, Unreachable) else EXIT_LOCUST
+    print(json.dumps(summary, indent=1))
+    for message in summary["thresholds_crossed"]:
+        print(f"loadtest run: threshold crossed: {message}", file=sys.stderr)
+    return EXIT_THRESHOLD if summary["thresholds_crossed"] else EXIT_OK
+
+
+def _compare(args: argparse.Namespace) -> int:
+    entries = compare.select(compare.registry(), args.only)
+    if args.list:
+        for e in entries:
+            reason = e.available()
+            print(f"{e.name:40} {e.group:8} {'skipped: ' + reason if reason else 'ready'}")
+        return EXIT_OK
+    if not entries:
+        print(f"loadtest compare: error: no row matches {args.only}", file=sys.stderr)
+        return EXIT_USAGE
+    model_dir = args.model_dir.resolve()
+    if not any(model_dir.glob("*/saved_model.pb")):
+        print(
+            f"loadtest compare: error: no exported version under {model_dir} "
+            "(run `make quick-model`, or pass --model-dir)",
+            file=sys.stderr,
+        )
+        return EXIT_USAGE
+    env = compare.gateway_env_from(dict(os.environ), args.workers, args.threads)
+    settings = compare.Settings(
+        model_dir=model_dir,
+        out=args.out,
+        users=args.users,
+        spawn_rate=args.spawn_rate or float(args.users),
+        duration=args.duration,
+        images=args.images,
+        processes=args.processes,
+        gateway_env=tuple(sorted(env.items())),
+    )
+    rows = compare.run_compare(entries, settings)
+    print(compare.write_report(rows, settings))
+    bad = [r for r in rows if r["status"] == "error" or (r["failures"] or 0) > 0]
+    for r in bad:
+        print(f"loadtest compare: {r['name']}: {r['reason'] or 'failed requests'}", file=sys.stderr)
+    return EXIT_THRESHOLD if bad else EXIT_OK
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Parse the command line and run the subcommand; returns the exit code."""
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    return _run(args) if args.command == "run" else _compare(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
