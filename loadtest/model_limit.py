@@ -33,9 +33,9 @@ import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
+from loadtest.images import load_images
 from loadtest.peers.model import Model, decode
 from loadtest.registry import Context, Entry, Measurement
-from loadtest.preprocess import ALTERATIONS, REFERENCE_IMAGES
 from serving.savedmodel import list_versions
 
 BATCH = 64
@@ -91,14 +91,6 @@ def measure(model_dir: Path, pngs: Sequence[bytes], *, budget_s: float = 2.0) ->
 def load_pngs(folder: Path) -> list[bytes]:
     """The ``*.png`` files of ``folder``, sorted by name."""
     return [p.read_bytes() for p in sorted(Path(folder).glob("*.png"))]
-
-
-def dataset_pngs(count: int = BATCH) -> list[bytes]:
-    """The first ``count`` Fashion-MNIST test images as 28x28 grayscale PNGs (the load test's)."""
-    from training.data import load_fashion_mnist  # reads the IDX files; only this path needs it
-
-    encode = ALTERATIONS["png"][1]
-    return [encode(x) for x in load_fashion_mnist(None).x_test[:count]]
 
 
 def measure_in_subprocess(
@@ -183,8 +175,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--images",
         type=Path,
-        help="folder of PNGs to decode and classify (default: the first 64 Fashion-MNIST test "
-        "images as PNGs when FASHION_MNIST_DIR is set, else tests/support/images)",
+        help="folder of PNGs to decode and classify (default: the load test's images, "
+        "loadtest.images: the first 64 Fashion-MNIST test images with FASHION_MNIST_DIR set, "
+        "else generated ones)",
     )
     parser.add_argument("--budget", type=float, default=2.0, help="seconds per rate (default 2)")
     parser.add_argument("--json", metavar="PATH", help="write the dict as JSON ('-' = stdout)")
@@ -193,12 +186,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--budget must be > 0")
     if not list_versions(args.model_dir):
         parser.error(f"no SavedModel version under {args.model_dir}")
-    if args.images is not None:
-        pngs = load_pngs(args.images)
-    elif os.environ.get("FASHION_MNIST_DIR"):
-        pngs = dataset_pngs()
-    else:
-        pngs = load_pngs(REFERENCE_IMAGES)
+    pngs = load_pngs(args.images) if args.images is not None else load_images(BATCH).pngs
     if not pngs:
         parser.error(f"no *.png files in {args.images}")
     result = measure(args.model_dir, pngs, budget_s=args.budget)

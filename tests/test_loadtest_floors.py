@@ -48,3 +48,11 @@ def test_floor_answers_fixed_json_under_the_gateway_gunicorn_settings(name):
         assert argv[-3:] == ["-c", "python:serving.gateway.gunicorn_conf", FLOORS[name]]
         # GATEWAY_WORKERS reached gunicorn through the gateway's settings module
         assert _workers(floor.proc.pid, 3) == 3
+
+
+def test_compare_loads_the_floors_with_the_gateway_settings_and_ignores_labels():
+    from loadtest import floors
+
+    rows = floors.configurations()
+    assert [r.name for r in rows] == ["Flask floor", "WSGI floor"]
+    assert all(r.target == "gateway" and r.group == "floor" and not r.count_labels for r in rows)

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 
 import pytest
 
 from loadtest import model_limit
+from loadtest.images import load_images
 from loadtest.preprocess import REFERENCE_IMAGES
+from loadtest.registry import Context
 
 pytestmark = pytest.mark.slow  # needs the session's exported model
 
@@ -24,11 +27,22 @@ def test_measure_returns_positive_rates(exported_model):
     assert (result["budget_seconds"], result["model_version"], result["images"]) == (0.05, 1, 4)
 
 
-def test_measure_in_subprocess_returns_the_same_keys(exported_model):
-    pngs = model_limit.load_pngs(REFERENCE_IMAGES)[:2]
-    result = model_limit.measure_in_subprocess(exported_model, pngs, budget_s=0.05)
-    assert set(result) >= KEYS and all(result[k] > 0 for k in KEYS)
-    assert result["images"] == 2
+def test_compare_rows_come_from_a_subprocess_on_the_load_test_images(exported_model, monkeypatch):
+    monkeypatch.setenv(model_limit.BUDGET_ENV, "0.05")
+    (entry,) = model_limit.configurations()
+    assert (entry.name, entry.group) == ("model limit", "limit")
+    images = load_images(2)
+    with contextlib.ExitStack() as stack:
+        rows = entry.measure(Context(exported_model, {}, stack), images)
+    assert [(r["name"], r["batch_size"]) for r in rows] == [
+        ("model limit b1", 1),
+        ("model limit b64", 64),
+        ("decode+model b1", 1),
+        ("decode+model b64", 64),
+    ]
+    for r in rows:
+        assert r["images_per_second"] > 0
+        assert r["requests_per_second"] == round(r["images_per_second"] / r["batch_size"], 1)
 
 
 def test_cli_rejects_a_missing_model(tmp_path, capsys):

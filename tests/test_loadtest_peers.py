@@ -155,3 +155,23 @@ def test_cli_rejects_an_unknown_peer(tmp_path, monkeypatch, capsys):
         "unknown peer 'torchserve' (known: bentoml, litserve, mlserver)" in capsys.readouterr().err
     )
     assert list(tmp_path.iterdir()) == []  # nothing created
+
+
+def test_compare_reports_absent_peers_as_skipped_with_the_install_command(tmp_path, monkeypatch):
+    from loadtest import compare
+
+    monkeypatch.setenv(registry.PEERS_DIR_ENV, str(tmp_path / "no-peers"))
+    entries = compare.select(compare.registry(), ["BentoML*", "LitServe", "MLServer"])
+    assert [e.name for e in entries] == ["BentoML 1.4", "LitServe", "MLServer"]
+    assert all(e.target == "peer" and e.group == "peer" for e in entries)
+    assert [e.locust_args for e in entries] == [("--peer", n) for n in registry.PEERS]
+    settings = compare.Settings(model_dir=tmp_path / "models", out=tmp_path / "out")
+    rows = compare.run_compare(entries, settings)
+    assert [(r["name"], r["status"]) for r in rows] == [(e.name, "skipped") for e in entries]
+    for row, name in zip(rows, registry.PEERS, strict=True):
+        assert row["reason"] == (
+            f"not installed: python -m loadtest.peers install {name} (or make bench-peers)"
+        )
+        assert row["requests_per_second"] is None
+    table = compare.markdown_table(rows)
+    assert "skipped: not installed: python -m loadtest.peers install mlserver" in table
