@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from serving.labels import CLASS_NAMES, MODEL_NAME
+from serving.labels import CLASS_NAMES, IMAGE_SIZE, MODEL_NAME
 from serving.preprocess import decode_image, to_batch
 from serving.savedmodel import LoadedModel, list_versions
 
@@ -58,6 +58,11 @@ class Model:
         self.name = MODEL_NAME
         self.version = versions[-1]
         self._loaded = LoadedModel.load(Path(base_dir) / str(self.version))
+        # Warm up before the server says it is ready, as the gateway does with the export's
+        # warmup records (replaying those needs tensorflow-serving-api, not in the peer venvs).
+        blank = np.zeros((IMAGE_SIZE, IMAGE_SIZE, 1), np.float32)
+        for size in (1, MAX_BATCH_SIZE):
+            self.probabilities([blank] * size)
 
     def probabilities(self, images: Sequence[np.ndarray]) -> np.ndarray:
         """``serving_default`` on decoded ``[28, 28, 1]`` images → ``[N, 10]`` probabilities."""
