@@ -89,7 +89,9 @@ def _list(root: Path) -> int:
     for name, peer in registry.PEERS.items():
         stamp = registry.read_stamp(name, root)
         if registry.is_installed(name, root) and stamp:
-            print(f"  {name:9} installed  {stamp['size_mb']:8.1f} MB  {stamp['seconds']:6.1f} s")
+            print(
+                f"  {name:9} installed  {stamp['size_mb']:8.1f} MB  (last install {stamp['seconds']:.0f} s)"
+            )
         else:
             print(f"  {name:9} missing    ({registry.install_command(name)})")
         print(f"  {'':9} {peer.title}: {peer.batching}")
