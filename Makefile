@@ -16,7 +16,7 @@ PYTEST_ARGS ?=
 
 .DEFAULT_GOAL := help
 .PHONY: help install run test test-fast lint format train train-quick evaluate inspect visualize quick-model serve-modelserver serve-modelserver-batching predict \
-	bench-preprocess bench-modelserver bench-gateway loadtest compare images clean
+	bench-preprocess bench-modelserver bench-gateway bench-peers loadtest compare images clean
 
 help: ## list the targets
 	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  \033[36m%-18s\033[0m %s\n", $$1, $$2}'
@@ -74,7 +74,7 @@ predict: $(STAMP) ## classify IMG (default: the reference ankle boot) through th
 	$(PY) -m client predict $${IMG:-tests/support/images/ankle_boot.png} --gateway http://localhost:$(GATEWAY_PORT)
 
 bench-preprocess: quick-model ## preprocessing accuracy and speed on altered test images (docs/BENCHMARKS.md)
-	$(PY) -m serving.bench_preprocess --model $(MODEL_DIR)
+	$(PY) -m loadtest.preprocess --model $(MODEL_DIR)
 
 loadtest: $(STAMP) ## 30 s Locust run against `make run`'s gateway on :8080 (GATEWAY_PORT); report in runs/loadtest/
 	$(PY) -m loadtest run --target gateway --host http://127.0.0.1:$(GATEWAY_PORT) \
@@ -85,6 +85,9 @@ compare: quick-model ## start and load every configuration in turn (gateway, mod
 
 bench-gateway: quick-model ## gateway vs instant-backend gateway vs Flask hello-world, same gunicorn settings (needs wrk)
 	$(PY) -m serving.gateway.benchmark --model-dir $(MODEL_DIR) --image tests/support/images/ankle_boot.png
+
+bench-peers: $(STAMP) ## venvs for the compare peers (BentoML, LitServe, MLServer) in CONVSERVE_PEERS_DIR, default ~/.cache/convserve/peers
+	$(PY) -m loadtest.peers install
 
 images: $(STAMP) ## redraw the synthetic reference images in tests/support/images
 	$(PY) tests/support/make_images.py

@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from serving.labels import IMAGE_SIZE
+from serving.contract import IMAGE_SIZE
 from training.data import ENV_VAR, FILES, read_idx
 
 GENERATED_COUNT = 256

@@ -54,7 +54,7 @@ from locust.runners import MasterRunner, WorkerRunner
 from loadtest.images import ImageSet, load_images
 from loadtest.modelclient import BackendError, connect
 from loadtest.targets import PAYLOADS, TARGETS, payload_kinds
-from serving.labels import CLASS_NAMES, MODEL_NAME, NUM_CLASSES
+from serving.contract import CLASS_NAMES, MODEL_NAME, NUM_CLASSES
 
 # gRPC's own threads must cooperate with gevent (Locust's concurrency); before any channel.
 grpc.experimental.gevent.init_gevent()

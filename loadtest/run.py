@@ -126,11 +126,13 @@ def check_reachable(spec: LoadSpec) -> None:
     elif spec.target == "rest":
         if not model_available(spec.host.rstrip("/")):
             raise Unreachable(f"no model AVAILABLE at {spec.host} (GET /v1/models/<name>)")
+    elif spec.target == "peer":
+        return  # peers have no common readiness API; `compare` starts them and waits for them
     else:
         address = spec.host if spec.host.startswith("grpc://") else f"grpc://{spec.host}"
         client = connect(address, timeout=5.0)
         try:
-            states = client.model_status()
+            states = client.status()
         except BackendError as exc:
             raise Unreachable(f"gRPC model server {spec.host} is not reachable: {exc}") from None
         finally:

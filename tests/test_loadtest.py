@@ -22,7 +22,7 @@ from loadtest.__main__ import main
 from loadtest.images import load_images
 from loadtest.run import SUMMARY_KEYS, LoadSpec, aggregate, run_load
 from loadtest.servers import ROOT, start_gateway, start_modelserver
-from serving.labels import MODEL_NAME
+from serving.contract import MODEL_NAME
 
 MONITORING = f"--monitoring_config_file={ROOT / 'serving' / 'config' / 'monitoring.config'}"
 ARTEFACTS = (

@@ -10,7 +10,7 @@ image is measured for each alteration.
 Usage::
 
     FASHION_MNIST_DIR=/path/to/fashion-mnist \\
-        python -m serving.bench_preprocess --model models/fashion_mnist [--limit 10000]
+        python -m loadtest.preprocess --model models/fashion_mnist [--limit 10000]
 
 Writes a Markdown table to stdout (and ``--json PATH`` for the raw numbers). Exit code 1 when an
 alteration misses the 3-point bar, 2 on bad arguments or missing model/data.
@@ -35,7 +35,7 @@ from tqdm import tqdm
 from serving.contract import CLASS_NAMES, INPUT_KEY, OUTPUT_CLASS_IDS, OUTPUT_PROBABILITIES
 from serving.preprocess import decode_image, to_batch
 
-log = logging.getLogger("bench_preprocess")
+log = logging.getLogger("loadtest.preprocess")
 
 QUALITY_BAR = 3.0  # percentage points below the raw accuracy
 REFERENCE_IMAGES = Path(__file__).resolve().parents[1] / "tests" / "support" / "images"
@@ -202,7 +202,7 @@ def markdown(results: dict) -> str:
 def main(argv: list[str] | None = None) -> int:
     """CLI entry point; returns the exit code."""
     parser = argparse.ArgumentParser(
-        prog="python -m serving.bench_preprocess",
+        prog="python -m loadtest.preprocess",
         description="Accuracy and speed of serving.preprocess on altered Fashion-MNIST test images.",
     )
     parser.add_argument(

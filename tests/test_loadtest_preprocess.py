@@ -1,4 +1,4 @@
-"""serving.bench_preprocess runs end to end on a few test images (the numbers themselves are
+"""loadtest.preprocess runs end to end on a few test images (the numbers themselves are
 recorded in docs/BENCHMARKS.md, not asserted here beyond what must hold exactly)."""
 
 from __future__ import annotations
@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from serving import bench_preprocess
+from loadtest import preprocess as preprocess_bench
 
 pytestmark = pytest.mark.slow
 
@@ -17,7 +17,7 @@ def test_benchmark_runs_and_png_is_lossless(
 ):
     monkeypatch.setenv("FASHION_MNIST_DIR", str(fashion_mnist_dir))
     out = tmp_path / "bench.json"
-    code = bench_preprocess.main(
+    code = preprocess_bench.main(
         [
             "--model",
             str(exported_model),
@@ -33,20 +33,20 @@ def test_benchmark_runs_and_png_is_lossless(
     )
     results = json.loads(out.read_text())
     assert results["images"] == 64
-    assert set(results["alterations"]) == set(bench_preprocess.ALTERATIONS)
+    assert set(results["alterations"]) == set(preprocess_bench.ALTERATIONS)
     # the dataset's own form must classify exactly like the raw tensors
     assert results["alterations"]["png"]["accuracy"] == results["raw_accuracy"]
     assert results["alterations"]["png"]["delta"] == 0.0
     misses = [
-        n for n, r in results["alterations"].items() if r["delta"] < -bench_preprocess.QUALITY_BAR
+        n for n, r in results["alterations"].items() if r["delta"] < -preprocess_bench.QUALITY_BAR
     ]
     assert code == (1 if misses else 0)
     table = capsys.readouterr().out
     refs = results["reference_images"]
     assert [r["file"] for r in refs] == ["ankle_boot.png", "bag.png", "trouser.png", "tshirt.png"]
-    assert table.count("\n| `") == len(bench_preprocess.ALTERATIONS) + len(refs)
+    assert table.count("\n| `") == len(preprocess_bench.ALTERATIONS) + len(refs)
 
 
 def test_benchmark_rejects_a_missing_model(tmp_path, capsys):
-    assert bench_preprocess.main(["--model", str(tmp_path / "none")]) == 2
+    assert preprocess_bench.main(["--model", str(tmp_path / "none")]) == 2
     assert capsys.readouterr().err.startswith("error: no model at ")
