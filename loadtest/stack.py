@@ -380,7 +380,8 @@ def main(argv: list[str] | None = None) -> int:
     workdir = Path(tempfile.mkdtemp(prefix="convserve-stack-"))
     servers: list[Server] = []
     stop = {"now": False}
-    signal.signal(signal.SIGTERM, lambda *_: stop.update(now=True))
+    for sig in (signal.SIGINT, signal.SIGTERM):  # Ctrl-C or `kill`: stop everything cleanly
+        signal.signal(sig, lambda *_: stop.update(now=True))
     try:
         ms, gw, _ = compose_commands(
             compose, model_root=args.models.resolve(), workdir=workdir, local_ports=same
