@@ -16,7 +16,8 @@ PYTEST_ARGS ?=
 
 .DEFAULT_GOAL := help
 .PHONY: help install run test test-fast lint format train train-quick evaluate inspect visualize quick-model serve-modelserver serve-modelserver-batching predict \
-	bench-preprocess bench-modelserver bench-gateway bench-peers loadtest compare images clean
+	bench-preprocess bench-modelserver bench-gateway bench-peers loadtest compare images clean \
+	stack validate-deploy k8s-config
 
 help: ## list the targets
 	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  \033[36m%-18s\033[0m %s\n", $$1, $$2}'
@@ -88,6 +89,15 @@ bench-gateway: quick-model ## gateway vs instant-backend gateway vs Flask hello-
 
 bench-peers: $(STAMP) ## venvs for the compare peers (BentoML, LitServe, MLServer) in CONVSERVE_PEERS_DIR, default ~/.cache/convserve/peers
 	$(PY) -m loadtest.peers install
+
+stack: quick-model ## docker-compose.yml's topology without Docker: model server (TF Serving's flags), gateway on gRPC, Prometheus if installed; Ctrl-C stops
+	$(PY) -m loadtest.stack --models $(abspath $(dir $(MODEL_DIR)))
+
+validate-deploy: $(STAMP) ## lint/validate Dockerfiles, compose, k8s, Prometheus/Grafana config and policy (no Docker needed)
+	$(PY) -m pytest tests/test_deploy_validate.py tests/test_deploy_policy.py $(PYTEST_ARGS)
+
+k8s-config: ## copy serving/config/*.config into k8s/base/tfserving-config/ (kustomize reads files only below its root)
+	cp serving/config/*.config k8s/base/tfserving-config/
 
 images: $(STAMP) ## redraw the synthetic reference images in tests/support/images
 	$(PY) tests/support/make_images.py
