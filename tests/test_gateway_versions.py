@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
+from loadtest.servers import start_modelserver
 from serving.gateway import create_app
-from tests.support.modelserver import start_modelserver
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
