@@ -149,3 +149,13 @@ def test_flags_accept_both_spellings_and_tf_serving_defaults():
     assert b.enable_batching is False and b.model_base_path == "/models/m"
     c = parse_args(["--model_config_file=serving/config/models.config", "--port=9000"])
     assert c.model_config_file and c.port == 9000 and c.model_name is None
+
+
+def test_version_labels_for_unavailable_models_flag():
+    # The shipped models.config labels version 2 before it exists: the manifests pass this flag,
+    # which TF Serving needs to start with such a label and which this server must accept.
+    base = ["--model_config_file=serving/config/models.config"]
+    assert parse_args(base).allow_version_labels_for_unavailable_models is False
+    flag = "--allow_version_labels_for_unavailable_models"
+    assert parse_args([*base, f"{flag}=true"]).allow_version_labels_for_unavailable_models is True
+    assert parse_args([*base, flag]).allow_version_labels_for_unavailable_models is True

@@ -39,7 +39,7 @@ def connect(
     """
     parsed = parse_address(address)
     check_call_options(version, label, timeout, retries)
-    log.info("backend: %s (%s)", parsed.kind, parsed.target)
+    log.debug("backend: %s (%s)", parsed.kind, parsed.target)
     if parsed.kind == "embedded":
         if label is not None:
             raise BackendConfigError(

@@ -14,6 +14,7 @@ by `create_app` and hang off ``app.extensions["gateway"]`` (a `GatewayState`). T
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Mapping
 from typing import Any
 
@@ -29,6 +30,8 @@ from serving.gateway.views import bp
 
 __all__ = ["create_app"]
 
+log = logging.getLogger(__name__)
+
 
 def _resolve_config(config: GatewayConfig | Mapping[str, Any] | None) -> GatewayConfig:
     if isinstance(config, GatewayConfig):
@@ -39,6 +42,7 @@ def _resolve_config(config: GatewayConfig | Mapping[str, Any] | None) -> Gateway
 
 def connect_backend(cfg: GatewayConfig) -> Backend:
     """The backend ``cfg.backend`` names, through `serving.backends.connect`."""
+    log.info("backend: %s (%s)", cfg.backend_kind, cfg.backend_target)
     return connect(
         cfg.backend,
         model_name=cfg.model_name,

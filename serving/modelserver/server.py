@@ -116,6 +116,15 @@ def build_parser() -> argparse.ArgumentParser:
         default=1,
         help="seconds between scans of the base paths for new/removed versions (default 1)",
     )
+    p.add_argument(
+        "--allow_version_labels_for_unavailable_models",
+        type=_bool,
+        nargs="?",
+        const=True,
+        default=False,
+        help="let version_labels name versions that are not loaded yet (TF Serving refuses them "
+        "without this flag; this server always allows them)",
+    )
     p.add_argument("--monitoring_config_file", default=None, help="MonitoringConfig text proto")
     p.add_argument(
         "--enable_batching",
