@@ -41,7 +41,9 @@ Caller = tuple[Callable[[], None], Callable[[], None]]  # (one request, close th
 
 def start_server(name: str, base_path: Path, *flags: str, timeout: float = 120) -> Server:
     """Start a model server (`loadtest.servers`) and wait until its model is AVAILABLE."""
-    return start_modelserver(base_path, "--log_level=WARNING", *flags, timeout=timeout, name=name)
+    return start_modelserver(
+        base_path, "--log_level=WARNING", *flags, timeout=timeout, name=f"modelserver-{name}"
+    )
 
 
 @dataclass
