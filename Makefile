@@ -69,7 +69,7 @@ serve-modelserver-batching: quick-model ## the model server with server-side bat
 		--enable_batching --batching_parameters_file=serving/config/batching.config
 
 bench-modelserver: quick-model ## model server: gRPC vs REST, batch 1/64, batching off/on (~2 min)
-	$(PY) -m serving.modelserver.bench --model_base_path $(abspath $(MODEL_DIR))
+	$(PY) -m loadtest.modelserver --model_base_path $(abspath $(MODEL_DIR))
 
 predict: $(STAMP) ## classify IMG (default: the reference ankle boot) through the gateway on :8080
 	$(PY) -m client predict $${IMG:-tests/support/images/ankle_boot.png} --gateway http://localhost:$(GATEWAY_PORT)
@@ -84,8 +84,8 @@ loadtest: $(STAMP) ## 30 s Locust run against `make run`'s gateway on :8080 (GAT
 compare: quick-model ## start and load every configuration in turn (gateway, model server, peers, floors); table in runs/compare/
 	$(PY) -m loadtest compare --model-dir $(MODEL_DIR) --users $${USERS:-32} --duration $${DURATION:-20s} --out runs/compare
 
-bench-gateway: quick-model ## gateway vs instant-backend gateway vs Flask hello-world, same gunicorn settings (needs wrk)
-	$(PY) -m serving.gateway.benchmark --model-dir $(MODEL_DIR) --image tests/support/images/ankle_boot.png
+bench-gateway: quick-model ## gateway vs instant-backend gateway vs the Flask floor under wrk, same gunicorn settings (needs wrk)
+	$(PY) -m loadtest.gateway --model-dir $(MODEL_DIR) --image tests/support/images/ankle_boot.png
 
 bench-peers: $(STAMP) ## venvs for the compare peers (BentoML, LitServe, MLServer) in CONVSERVE_PEERS_DIR, default ~/.cache/convserve/peers
 	$(PY) -m loadtest.peers install

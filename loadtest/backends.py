@@ -2,8 +2,8 @@
 
 Usage::
 
-    python -m serving.backends.bench                                # encoding only, no server
-    python -m serving.backends.bench --grpc localhost:8500 --rest http://localhost:8501
+    python -m loadtest.backends                                # encoding only, no server
+    python -m loadtest.backends --grpc localhost:8500 --rest http://localhost:8501
 
 Encoding: microseconds to build the request body for a batch of N preprocessed images —
 gRPC ``PredictRequest`` with ``tensor_content``, REST JSON from the lookup table, and the naive
@@ -19,6 +19,7 @@ import statistics
 import sys
 import time
 from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 
@@ -47,22 +48,27 @@ def _time_us(fn: Callable[[], object], min_seconds: float = 0.5) -> float:
     return statistics.median(rounds)
 
 
+def predict_request(arr: np.ndarray) -> Any:
+    """A ``PredictRequest`` carrying ``arr`` (float32) as ``tensor_content``, as the client sends."""
+    pb = _protos.load()
+    req = pb.predict_pb2.PredictRequest()
+    req.model_spec.name = MODEL_NAME
+    tensor = req.inputs[INPUT_KEY]
+    tensor.dtype = pb.types_pb2.DT_FLOAT
+    for d in arr.shape:
+        tensor.tensor_shape.dim.add(size=d)
+    tensor.tensor_content = arr.tobytes()
+    return req
+
+
 def bench_encoding(sizes: list[int]) -> list[dict]:
     """Request-building cost per batch size."""
-    pb = _protos.load()
     rows = []
     for n in sizes:
         arr = _batch(n)
 
         def grpc_request(arr: np.ndarray = arr) -> bytes:
-            req = pb.predict_pb2.PredictRequest()
-            req.model_spec.name = MODEL_NAME
-            tensor = req.inputs[INPUT_KEY]
-            tensor.dtype = pb.types_pb2.DT_FLOAT
-            for d in arr.shape:
-                tensor.tensor_shape.dim.add(size=d)
-            tensor.tensor_content = arr.tobytes()
-            return req.SerializeToString()
+            return predict_request(arr).SerializeToString()
 
         rows.append(
             {
@@ -108,7 +114,7 @@ def bench_round_trips(
 def main(argv: list[str] | None = None) -> int:
     """CLI entry point; returns the exit code."""
     parser = argparse.ArgumentParser(
-        prog="python -m serving.backends.bench", description=__doc__.split("\n\n")[0]
+        prog="python -m loadtest.backends", description=__doc__.split("\n\n")[0]
     )
     parser.add_argument("--grpc", metavar="HOST:PORT", help="also time gRPC round trips here")
     parser.add_argument("--rest", metavar="URL", help="also time REST round trips here")

@@ -1,7 +1,7 @@
 """Benchmark the model server: gRPC vs REST, batch 1 vs 64, server-side batching off vs on.
 
-Starts two ``python -m serving.modelserver`` processes on free loopback ports (one plain, one
-with ``--enable_batching`` and serving/config/batching.config), then drives every combination
+Starts two ``python -m serving.modelserver`` processes through `loadtest.servers` (free loopback
+ports; one plain, one with ``--enable_batching`` and serving/config/batching.config), then drives every combination
 with the same closed loop (N client threads, each sending its next request when the previous
 one is answered) for a bounded time. The cells are interleaved over several rounds so load
 from other processes on the machine affects them alike. Prints a Markdown table (requests/s,
@@ -9,7 +9,7 @@ images/s, p50, p99, errors).
 
 Example::
 
-    python -m serving.modelserver.bench --model_base_path models/fashion_mnist \\
+    python -m loadtest.modelserver --model_base_path models/fashion_mnist \\
         --duration 4 --rounds 2 --concurrency 8
 """
 
@@ -19,84 +19,31 @@ import argparse
 import itertools
 import json
 import os
-import signal
-import socket
-import subprocess
 import sys
-import tempfile
 import threading
 import time
-import urllib.request
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import NoReturn
 
+import grpc
 import numpy as np
+import requests
 
-from serving.contract import INPUT_KEY, MODEL_NAME
+from loadtest.backends import predict_request
+from loadtest.servers import ROOT, Server, StartError, start_modelserver
+from serving.backends import _protos
+from serving.contract import MODEL_NAME
 
-ROOT = Path(__file__).resolve().parents[2]
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-@dataclass
-class Server:
-    """A model server subprocess started for the benchmark."""
-
-    name: str
-    proc: subprocess.Popen
-    grpc_port: int
-    rest_port: int
-    log: Path
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(30)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(10)
+Caller = tuple[Callable[[], None], Callable[[], None]]  # (one request, close the connection)
 
 
 def start_server(name: str, base_path: Path, *flags: str, timeout: float = 120) -> Server:
-    """Start a model server and wait until its model is AVAILABLE."""
-    grpc_port, rest_port = _free_port(), _free_port()
-    log = Path(tempfile.mkstemp(prefix=f"bench-{name}-", suffix=".log")[1])
-    cmd = [
-        sys.executable,
-        "-m",
-        "serving.modelserver",
-        f"--port={grpc_port}",
-        f"--rest_api_port={rest_port}",
-        f"--model_name={MODEL_NAME}",
-        f"--model_base_path={base_path.resolve()}",
-        "--log_level=WARNING",
-        *flags,
-    ]
-    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
-    with open(log, "wb") as out:
-        proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT)
-    server = Server(name, proc, grpc_port, rest_port, log)
-    deadline = time.monotonic() + timeout
-    url = f"http://127.0.0.1:{rest_port}/v1/models/{MODEL_NAME}"
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"{name} server exited: {log.read_text()[-2000:]}")
-        try:
-            with urllib.request.urlopen(url, timeout=2) as r:
-                if b"AVAILABLE" in r.read():
-                    return server
-        except OSError:
-            pass
-        time.sleep(0.3)
-    server.stop()
-    raise RuntimeError(f"{name} server not AVAILABLE after {timeout}s")
+    """Start a model server (`loadtest.servers`) and wait until its model is AVAILABLE."""
+    return start_modelserver(
+        base_path, "--log_level=WARNING", *flags, timeout=timeout, name=f"modelserver-{name}"
+    )
 
 
 @dataclass
@@ -126,17 +73,10 @@ class Cell:
         }
 
 
-def _grpc_caller(server: Server, images: np.ndarray):
-    import grpc
-    from tensorflow_serving.apis import predict_pb2, prediction_service_pb2_grpc
-
-    from serving.modelserver.tensors import ndarray_to_tensor_proto
-
-    channel = grpc.insecure_channel(f"127.0.0.1:{server.grpc_port}")
-    stub = prediction_service_pb2_grpc.PredictionServiceStub(channel)
-    request = predict_pb2.PredictRequest()
-    request.model_spec.name = MODEL_NAME
-    request.inputs[INPUT_KEY].CopyFrom(ndarray_to_tensor_proto(images))
+def _grpc_caller(server: Server, images: np.ndarray) -> Caller:
+    channel = grpc.insecure_channel(server.target)
+    stub = _protos.load().prediction_service_pb2_grpc.PredictionServiceStub(channel)
+    request = predict_request(images)
 
     def call() -> None:
         stub.Predict(request, timeout=30)
@@ -144,11 +84,9 @@ def _grpc_caller(server: Server, images: np.ndarray):
     return call, channel.close
 
 
-def _rest_caller(server: Server, images: np.ndarray):
-    import requests
-
+def _rest_caller(server: Server, images: np.ndarray) -> Caller:
     session = requests.Session()
-    url = f"http://127.0.0.1:{server.rest_port}/v1/models/{MODEL_NAME}:predict"
+    url = f"{server.url}/v1/models/{MODEL_NAME}:predict"
     body = json.dumps({"instances": images.tolist()}).encode()
     headers = {"Content-Type": "application/json"}
 
@@ -212,7 +150,7 @@ class _Parser(argparse.ArgumentParser):
 
 def main(argv: list[str] | None = None) -> int:
     """Run the benchmark; returns the exit code."""
-    p = _Parser(prog="python -m serving.modelserver.bench", description=__doc__.split("\n")[0])
+    p = _Parser(prog="python -m loadtest.modelserver", description=__doc__.split("\n")[0])
     p.add_argument(
         "--model_base_path", default="models/fashion_mnist", help="exported model base dir"
     )
@@ -238,15 +176,11 @@ def main(argv: list[str] | None = None) -> int:
         p.error("--duration, --rounds and --concurrency must be positive")
 
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    servers = {}
+    batching = ("--enable_batching", f"--batching_parameters_file={args.batching_parameters_file}")
+    servers: dict[str, Server] = {}
     try:
         servers["off"] = start_server("off", base)
-        servers["on"] = start_server(
-            "on",
-            base,
-            "--enable_batching",
-            f"--batching_parameters_file={args.batching_parameters_file}",
-        )
+        servers["on"] = start_server("on", base, *batching)
         rng = np.random.default_rng(0)
         inputs = {b: rng.random((b, 28, 28, 1), dtype=np.float32) for b in batch_sizes}
         cells = [
@@ -264,9 +198,12 @@ def main(argv: list[str] | None = None) -> int:
                     cell, servers[cell.server], inputs[cell.batch], args.concurrency, args.duration
                 )
                 print(f"round {r + 1}: {cell.row()}", file=sys.stderr)
+    except StartError as exc:
+        print(f"{p.prog}: error: a model server did not start: {exc}", file=sys.stderr)
+        return 1
     finally:
         for s in servers.values():
-            s.stop()
+            s.close()
     rows = [c.row() for c in cells]
     print(markdown(rows))
     if args.json:

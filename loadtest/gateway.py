@@ -1,25 +1,28 @@
-"""Side-by-side throughput benchmark of the gateway under gunicorn (a tool, not a test).
+"""Side-by-side throughput of the gateway under gunicorn, driven by ``wrk`` (a tool, not a test).
 
-Starts, on free loopback ports and with the *same* gunicorn settings (serving/gateway/
-gunicorn_conf.py, GATEWAY_WORKERS/GATEWAY_THREADS):
+Starts, through `loadtest.servers` on free loopback ports and with the *same* gunicorn settings
+(serving/gateway/gunicorn_conf.py, GATEWAY_WORKERS/GATEWAY_THREADS):
 
 - ``gateway``: ``python -m serving.gateway`` with the embedded backend on ``--model-dir``;
 - ``gateway-fake``: the same app with an instant in-process backend (the gateway's own cost:
   HTTP, decoding, metrics, JSON; no model);
-- ``hello``: a Flask hello-world (the roadmap's reference point);
+- ``floor``: the Flask floor of `loadtest.floors` (reads the body, answers a fixed JSON
+  prediction);
 
 then drives each with ``wrk`` (one PNG per request, ``--connections`` keep-alive connections)
 for ``--rounds`` alternating rounds, and prints requests/s and latency percentiles (medians
-over the rounds) plus the gateway/hello ratio. The machine is shared and noisy: compare
-ratios from one run, not absolute numbers across runs.
+over the rounds) plus the gateway/floor ratio. ``python -m loadtest compare`` measures the
+gateway and the floors with Locust; this tool adds the instant-backend gateway and a load
+generator written in C, which leaves more of the 2 cores to the servers. The machine is shared
+and noisy: compare ratios from one run, not absolute numbers across runs.
 
 Usage::
 
     apt-get install wrk                       # the load generator (C, cheap on the CPU)
-    python -m serving.gateway.benchmark --model-dir models/fashion_mnist \\
+    python -m loadtest.gateway --model-dir models/fashion_mnist \\
         --image tests/support/images/ankle_boot.png --duration 10 --rounds 3
 
-Exit codes: 0 done, 2 bad arguments or wrk missing, 1 a server failed to start.
+Exit codes: 0 done, 2 bad arguments or wrk missing, 1 a server failed to start or wrk failed.
 """
 
 from __future__ import annotations
@@ -30,20 +33,27 @@ import logging
 import os
 import re
 import shutil
-import signal
-import socket
 import statistics
 import subprocess
 import sys
 import tempfile
-import time
-import urllib.error
-import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-log = logging.getLogger("serving.gateway.benchmark")
+import numpy as np
+
+from loadtest.compare import gateway_env_from
+from loadtest.floors import start_floor
+from loadtest.servers import Server, StartError, start_gateway, start_gunicorn_app
+from serving.backends import PredictResult, VersionStatus
+from serving.contract import NUM_CLASSES
+from serving.gateway import create_app
+
+log = logging.getLogger("loadtest.gateway")
+SERVERS = ("gateway", "gateway-fake", "floor")
+# The instant-backend app still validates its config; this backend is never connected to.
+UNUSED_BACKEND = "grpc://unused.invalid:8500"
 
 _LUA = """
 local f = io.open(os.getenv("BENCH_IMAGE"), "rb")
@@ -55,98 +65,41 @@ wrk.headers["Content-Type"] = "image/png"
 
 
 class BenchmarkError(RuntimeError):
-    """A server did not start or wrk failed."""
+    """wrk failed, or its output could not be read."""
 
 
-# -- apps for gunicorn (factories, so nothing is built at import) ------------------------------
-def hello_app() -> Any:
-    """Flask hello-world answering ``POST /v1/predict`` (the reference point)."""
-    from flask import Flask
+class InstantBackend:
+    """A `serving.backends.Backend` answering uniform probabilities at once (no model)."""
 
-    app = Flask("hello")
+    row = np.full((1, NUM_CLASSES), 1.0 / NUM_CLASSES, np.float32)
 
-    @app.post("/v1/predict")
-    def hello() -> str:
-        return "Hello, World!"
+    def predict(self, batch: np.ndarray) -> PredictResult:
+        return PredictResult(np.repeat(self.row, len(batch), axis=0), 1)
 
-    @app.get("/readyz")
-    def ready() -> str:
-        return "ok"
+    def status(self) -> list[VersionStatus]:
+        return [VersionStatus(1, "AVAILABLE", "")]
 
-    return app
+    def close(self) -> None:
+        pass
 
 
 def fake_backend_app() -> Any:
-    """The gateway app with an instant backend: everything but the model."""
-    import numpy as np
-
-    from serving.backends import PredictResult, VersionStatus
-    from serving.contract import NUM_CLASSES
-    from serving.gateway import create_app
-
-    class InstantBackend:
-        row = np.full((1, NUM_CLASSES), 1.0 / NUM_CLASSES, np.float32)
-
-        def predict(self, batch: np.ndarray) -> PredictResult:
-            return PredictResult(np.repeat(self.row, len(batch), axis=0), 1)
-
-        def status(self) -> list[VersionStatus]:
-            return [VersionStatus(1, "AVAILABLE", "")]
-
-        def close(self) -> None:
-            pass
-
+    """The gateway app with an instant backend: everything but the model (a gunicorn factory)."""
     return create_app(backend=InstantBackend())
 
 
-# -- processes ------------------------------------------------------------------------------------
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-@contextlib.contextmanager
-def _server(name: str, cmd: list[str], env: dict[str, str], port: int) -> Iterator[str]:
-    """Run ``cmd``; yield its base URL once /readyz answers 200."""
-    fd, log_name = tempfile.mkstemp(prefix=f"bench-{name}-", suffix=".log")
-    with os.fdopen(fd, "wb") as logf:
-        proc = subprocess.Popen(cmd, env=env, stdout=logf, stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 180
-        while True:
-            if proc.poll() is not None or time.monotonic() > deadline:
-                out = Path(log_name).read_text(errors="replace")[-3000:]
-                raise BenchmarkError(f"{name} did not become ready:\n{out}")
-            try:
-                with urllib.request.urlopen(f"{url}/readyz", timeout=2) as r:
-                    if r.status == 200:
-                        break
-            except (urllib.error.URLError, OSError):
-                pass
-            time.sleep(0.3)
-        yield url
-    finally:
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(30)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(10)
-        os.unlink(log_name)
-
-
-def _gunicorn_cmd(app_spec: str) -> list[str]:
-    return [
-        sys.executable,
-        "-m",
-        "gunicorn",
-        "-c",
-        "python:serving.gateway.gunicorn_conf",
-        app_spec,
-    ]
+def starters(model_dir: Path, env: dict[str, str]) -> dict[str, Callable[[], Server]]:
+    """Server name → how to start it through `loadtest.servers`, all under ``env`` (GATEWAY_*)."""
+    return {
+        "gateway": lambda: start_gateway(f"embedded:{model_dir}", env=env, timeout=180),
+        "gateway-fake": lambda: start_gunicorn_app(
+            "gateway-fake",
+            "loadtest.gateway:fake_backend_app()",
+            env={**env, "GATEWAY_BACKEND": UNUSED_BACKEND},
+            timeout=180,
+        ),
+        "floor": lambda: start_floor("flask", env=env, timeout=180),
+    }
 
 
 # -- load -----------------------------------------------------------------------------------------
@@ -202,9 +155,9 @@ def run_wrk(url: str, image: Path, *, connections: int, duration: float, threads
 
 def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(
-        prog="python -m serving.gateway.benchmark",
+        prog="python -m loadtest.gateway",
         description="Throughput of the gateway (embedded backend) vs. the gateway with an "
-        "instant backend vs. a Flask hello-world, same gunicorn settings, driven by wrk.",
+        "instant backend vs. the Flask floor, same gunicorn settings, driven by wrk.",
     )
     p.add_argument("--model-dir", default="models/fashion_mnist", help="model base path")
     p.add_argument(
@@ -219,8 +172,8 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument(
         "--only",
         nargs="+",
-        choices=["gateway", "gateway-fake", "hello"],
-        default=["gateway", "gateway-fake", "hello"],
+        choices=SERVERS,
+        default=list(SERVERS),
         help="which servers to measure",
     )
     args = p.parse_args(argv)
@@ -244,31 +197,16 @@ def main(argv: list[str] | None = None) -> int:
     if "gateway" in args.only and not any(model_dir.glob("*/saved_model.pb")):
         print(f"benchmark: no SavedModel version under {model_dir}", file=sys.stderr)
         return 2
-    base_env = {k: v for k, v in os.environ.items() if not k.startswith("GATEWAY_")}
-    keep = {k: v for k, v in os.environ.items() if k.startswith("GATEWAY_")}
-    base_env |= keep | {"TF_CPP_MIN_LOG_LEVEL": "2", "GATEWAY_HOST": "127.0.0.1"}
-    base_env.setdefault("GATEWAY_LOG_LEVEL", "WARNING")
-    servers: dict[str, tuple[list[str], dict[str, str]]] = {}
-    for name in args.only:
-        port = _free_port()
-        env = {**base_env, "GATEWAY_PORT": str(port)}
-        if name == "gateway":
-            env["GATEWAY_BACKEND"] = f"embedded:{model_dir}"
-            cmd = [sys.executable, "-m", "serving.gateway"]
-        elif name == "gateway-fake":
-            env["GATEWAY_BACKEND"] = "grpc://unused.invalid:8500"
-            cmd = _gunicorn_cmd("serving.gateway.benchmark:fake_backend_app()")
-        else:
-            cmd = _gunicorn_cmd("serving.gateway.benchmark:hello_app()")
-        servers[name] = (cmd, env)
-
-    results: dict[str, list[dict]] = {name: [] for name in servers}
+    # The caller's GATEWAY_* settings (workers, threads, ...) apply to all three servers alike.
+    env = gateway_env_from(dict(os.environ), workers=None, threads=None)
+    start = starters(model_dir, env)
+    results: dict[str, list[dict]] = {name: [] for name in dict.fromkeys(args.only)}
     try:
         with contextlib.ExitStack() as stack:
             urls = {}
-            for name, (cmd, env) in servers.items():
+            for name in results:
                 log.info("starting %s ...", name)
-                urls[name] = stack.enter_context(_server(name, cmd, env, int(env["GATEWAY_PORT"])))
+                urls[name] = stack.enter_context(start[name]()).url
             for url in urls.values():  # warm up (model loads, first batches)
                 run_wrk(url, image, connections=args.connections, duration=2, threads=1)
             for r in range(args.rounds):
@@ -288,7 +226,7 @@ def main(argv: list[str] | None = None) -> int:
                         res["p99"],
                     )
                     results[name].append(res)
-    except BenchmarkError as exc:
+    except (BenchmarkError, StartError) as exc:
         print(f"benchmark: {exc}", file=sys.stderr)
         return 1
 
@@ -297,8 +235,8 @@ def main(argv: list[str] | None = None) -> int:
 
     print(
         f"\n{args.connections} connections, {args.duration:g} s x {args.rounds} rounds, "
-        f"image {image.name}, GATEWAY_WORKERS={base_env.get('GATEWAY_WORKERS', '2')} "
-        f"GATEWAY_THREADS={base_env.get('GATEWAY_THREADS', '16')}\n"
+        f"image {image.name}, GATEWAY_WORKERS={env.get('GATEWAY_WORKERS', '2')} "
+        f"GATEWAY_THREADS={env.get('GATEWAY_THREADS', '16')}\n"
     )
     print("| server | req/s (median) | p50 ms | p90 ms | p99 ms | non-2xx |")
     print("| --- | ---: | ---: | ---: | ---: | ---: |")
@@ -308,15 +246,15 @@ def main(argv: list[str] | None = None) -> int:
             f"| {name} | {med(name, 'rps'):.0f} | {med(name, 'p50'):.1f} | "
             f"{med(name, 'p90'):.1f} | {med(name, 'p99'):.1f} | {errors} |"
         )
-    if "hello" in results:
+    if "floor" in results:
         for name in ("gateway", "gateway-fake"):
             if name in results:
                 ratios = [
                     g["rps"] / h["rps"]
-                    for g, h in zip(results[name], results["hello"], strict=True)
+                    for g, h in zip(results[name], results["floor"], strict=True)
                 ]
                 print(
-                    f"\n{name}/hello req/s ratio per round: {', '.join(f'{x:.2f}' for x in ratios)}"
+                    f"\n{name}/floor req/s ratio per round: {', '.join(f'{x:.2f}' for x in ratios)}"
                 )
     return 0
 
