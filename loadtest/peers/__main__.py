@@ -61,6 +61,9 @@ def install(name: str, root: Path) -> bool:
     steps = [
         [sys.executable, "-m", "venv", str(venv)],
         [py, "-m", "pip", "install", "--quiet", *reqs],
+        # serving.savedmodel reads the warmup records with TF Serving's generated protos; the
+        # wheel's only other requirement is tensorflow, which the line above pinned already.
+        [py, "-m", "pip", "install", "--quiet", "--no-deps", registry.serving_api_requirement()],
         [py, "-c", f"import {peer.import_check}, tensorflow, loadtest.peers.{name}_service"],
     ]
     for cmd in steps:

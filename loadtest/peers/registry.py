@@ -67,6 +67,11 @@ def tensorflow_requirement() -> str:
     return f"{'tensorflow-cpu' if cpu_wheel else 'tensorflow'}=={version}"
 
 
+def serving_api_requirement() -> str:
+    """``tensorflow-serving-api`` of the project's version (its protos; installed --no-deps)."""
+    return _project_pin("tensorflow-serving-api")
+
+
 def _project_pin(dist: str) -> str:
     return f"{dist}=={metadata.version(dist)}"
 
