@@ -1,8 +1,8 @@
 """Session-wide fixtures shared by the whole test suite.
 
 - ``fashion_mnist_dir``: Path of the folder with the four official IDX files
-  (``$FASHION_MNIST_DIR``, else ``../shared/data/fashion-mnist`` next to the checkout); tests that
-  use it are skipped when neither exists (and fail under ``CI``).
+  (``$FASHION_MNIST_DIR``; `make test` sets it); tests that use it are skipped when it is
+  unset or lacks the files (and fail under ``CI``).
 - ``dataset``: the loaded :class:`training.data.Dataset` (uint8 arrays).
 - ``exported_model``: Path of a base dir ``.../fashion_mnist`` holding version ``1`` of a model
   trained quickly (3000 images, 1 epoch, seed 0; about 75% test accuracy) with its
@@ -32,9 +32,13 @@ FIXTURE_SEED = 0
 def fashion_mnist_dir() -> Path:
     """The folder with the four official Fashion-MNIST .gz files (skip if unavailable)."""
     env = os.environ.get("FASHION_MNIST_DIR")
-    path = Path(env) if env else ROOT.parent / "shared" / "data" / "fashion-mnist"
-    if not (path / "train-images-idx3-ubyte.gz").is_file():
-        message = f"Fashion-MNIST IDX files not found in {path}; set FASHION_MNIST_DIR"
+    path = Path(env) if env else None
+    if path is None or not (path / "train-images-idx3-ubyte.gz").is_file():
+        message = (
+            f"Fashion-MNIST IDX files not found in {path}; set FASHION_MNIST_DIR"
+            if path
+            else "FASHION_MNIST_DIR is not set: name the folder with the four Fashion-MNIST files"
+        )
         if os.environ.get("CI"):
             pytest.fail(message)  # CI always has the data: a skip there would hide most tests
         pytest.skip(message)
