@@ -404,6 +404,13 @@ def test_jpeg_bytes_are_sent_as_jpeg(gateway):
     _, url = gateway
     buf = io.BytesIO()
     Image.open(BOOT).convert("RGB").save(buf, "JPEG", quality=90)
+    sent: list[str] = []
     with GatewayClient(url) as client:
+        # What went over the wire: the gateway decodes by content, so only the request shows
+        # whether the client declared the JPEG as a JPEG.
+        client._session.hooks["response"].append(
+            lambda resp, **_: sent.append(resp.request.headers.get("Content-Type"))
+        )
         [pred] = client.predict(buf.getvalue())
+    assert sent == ["image/jpeg"]
     assert isinstance(pred, Prediction) and 0 <= pred.class_id < 10

@@ -263,8 +263,11 @@ def test_train_cli_exports_next_version_and_refuses_existing(
     assert sorted(p.name for p in base.iterdir()) == ["1", "2"]
     metrics = json.loads((base / "2" / "metrics.json").read_text())
     assert metrics["version"] == 2
-    assert metrics["recipe"] | {} == metrics["recipe"]
-    assert (metrics["recipe"]["seed"], metrics["recipe"]["max_train_samples"]) == (5, 600)
+    recipe = metrics["recipe"]
+    # the lesson's recipe with the command line's overrides, as trained
+    assert (recipe["optimizer"], recipe["batch_size"], recipe["ema"]) == ("adam", 32, False)
+    assert recipe["epochs"] == 1
+    assert (recipe["seed"], recipe["max_train_samples"]) == (5, 600)
     assert not (base / "2" / "confusion_matrix.png").exists()
 
     assert main(["train", *common, "--version", "1"]) == 1
