@@ -31,8 +31,9 @@ import json
 import logging
 import os
 import sys
+from collections.abc import Callable
 from pathlib import Path
-from typing import NoReturn
+from typing import Any, NoReturn
 
 from loadtest import compare
 from loadtest.run import LoadSpec, LoadTestError, Unreachable, parse_duration, run_load
@@ -56,34 +57,26 @@ def _duration(text: str) -> str:
     return text
 
 
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
-    return value
+def _checked(
+    convert: Callable[[str], float], noun: str, ok: Callable[[float], bool], bound: str
+) -> Callable[[str], Any]:
+    """An argparse ``type``: ``convert`` the text ("expected NOUN"), then require ``ok(value)``."""
+
+    def parse(text: str) -> Any:
+        try:
+            value = convert(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {noun}, got {text!r}") from None
+        if not ok(value):
+            raise argparse.ArgumentTypeError(f"must be {bound}, got {text}")
+        return value
+
+    return parse
 
 
-def _positive_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
-    if not value > 0 or value == float("inf"):
-        raise argparse.ArgumentTypeError(f"must be a finite number > 0, got {text}")
-    return value
-
-
-def _ratio(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
-    if not 0.0 <= value <= 1.0:
-        raise argparse.ArgumentTypeError(f"must be between 0 and 1, got {text}")
-    return value
+_positive_int = _checked(int, "a whole number", lambda v: v >= 1, ">= 1")
+_positive_float = _checked(float, "a number", lambda v: 0 < v < float("inf"), "a finite number > 0")
+_ratio = _checked(float, "a number", lambda v: 0.0 <= v <= 1.0, "between 0 and 1")
 
 
 def _add_load_args(p: argparse.ArgumentParser, *, users: int, duration: str) -> None:

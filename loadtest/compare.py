@@ -32,7 +32,7 @@ from matplotlib.figure import Figure
 
 from loadtest.images import load_images
 from loadtest.registry import Configuration, Context, Entry, Measurement
-from loadtest.run import LoadSpec, LoadTestError, run_load
+from loadtest.run import MEASUREMENT_KEYS, LoadSpec, LoadTestError, run_load
 from loadtest.servers import ROOT, StartError, start_gateway, start_modelserver
 
 log = logging.getLogger("loadtest.compare")
@@ -41,18 +41,7 @@ PLUGINS = ("loadtest.peers", "loadtest.floors", "loadtest.model_limit")
 BATCHING_CONFIG = ROOT / "serving" / "config" / "batching.config"
 # GATEWAY_* settings of the caller's environment that compare must not pass on: it sets them
 GATEWAY_OWN = ("GATEWAY_BACKEND", "GATEWAY_HOST", "GATEWAY_PORT")
-ROW_KEYS = (
-    "requests_per_second",
-    "images_per_second",
-    "p50_ms",
-    "p95_ms",
-    "p99_ms",
-    "requests",
-    "failures",
-    "fail_ratio",
-    "wrong_labels",
-    "images_checked",
-)
+ROW_KEYS = (*MEASUREMENT_KEYS, "images_checked")
 
 
 # -- the project's own configurations -----------------------------------------------------------

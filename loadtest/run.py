@@ -34,7 +34,8 @@ LOCUSTFILE = ROOT / "loadtest" / "locustfile.py"
 LOCUST_CONF = ROOT / "loadtest" / "locust.conf"
 CSV_PREFIX = "locust"
 STATS_JSON = "locust_stats_final"  # Locust's --json-file (it adds .json): written after the end
-SUMMARY_KEYS = (
+#: What a run measured (compare's table shows these per row).
+MEASUREMENT_KEYS = (
     "requests_per_second",
     "images_per_second",
     "p50_ms",
@@ -44,6 +45,9 @@ SUMMARY_KEYS = (
     "failures",
     "fail_ratio",
     "wrong_labels",
+)
+SUMMARY_KEYS = (
+    *MEASUREMENT_KEYS,
     "users",
     "duration_s",
     "target",
