@@ -25,11 +25,12 @@ import logging
 import os
 import sys
 import time
+import zlib
 from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
+from PIL import Image, ImageFilter
 from tqdm import tqdm
 
 from serving.contract import CLASS_NAMES, INPUT_KEY, OUTPUT_CLASS_IDS, OUTPUT_PROBABILITIES
@@ -78,6 +79,49 @@ def _pad(img: Image.Image, fill: int | tuple[int, ...]) -> Image.Image:
     return canvas
 
 
+# Pillow's luma weights (ITU-R 601, what convert("L") uses), for colours of a given gray level.
+_LUMA = np.array([0.299, 0.587, 0.114])
+
+
+def _cutout_rgba(x: np.ndarray, light: bool) -> Image.Image:
+    """A catalogue-style RGBA cutout (112x112) of one test image, garment on transparency.
+
+    The test image (light garment on black) is read as the photo it came from: its value is
+    how much darker than the white page the photo is there. A cutout tool splits that into
+    *coverage* (alpha) and the garment's *own colour* (PNG stores colour un-associated:
+    what the pixel looks like where it is fully covered):
+
+    - alpha: the silhouette with soft edges (Gaussian-blurred mask, ~1 px at 28x28, partly
+      transparent on both sides of the outline, so the tool's edge is not exactly the
+      photo's), times a ramp that leaves faint, thin or light parts partly transparent;
+    - colour: the darkness that, at that coverage, gives the photo's darkness (clipped where
+      the blurred edge is too transparent for it: those pixels come out lighter than the
+      photo, as a tool's eroded edge does), with a per-image tint that keeps its luma;
+    - ``light``: the garment is light (darkest part 25-60% of full scale: beige, light grey),
+      as catalogues show; otherwise dark (85-100%). Fully transparent pixels store black.
+    """
+    rng = np.random.default_rng(zlib.crc32(x.tobytes()))
+    size = (x.shape[1] * 4, x.shape[0] * 4)
+    g = np.asarray(Image.fromarray(x, "L").resize(size, Image.Resampling.BICUBIC), np.float64)
+    tone = rng.uniform(0.25, 0.6) if light else rng.uniform(0.85, 1.0)
+    darkness = tone * g  # the photo on white: 255 - darkness
+    silhouette = Image.fromarray(((g > 8) * 255).astype(np.uint8), "L")
+    edge = np.asarray(silhouette.filter(ImageFilter.GaussianBlur(2)), np.float64) / 255
+    alpha = edge * np.clip(darkness / 64.0, 0.0, 1.0)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        own = np.where(alpha > 0, np.clip(darkness / alpha, 0.0, 255.0), 0.0)
+    gray = 255.0 - own
+    chroma = rng.normal(size=3)
+    chroma -= _LUMA * (chroma @ _LUMA) / (_LUMA @ _LUMA)  # zero luma: the tint keeps the gray
+    chroma /= np.abs(chroma).max()
+    room = np.minimum(gray, 255.0 - gray)[..., None]
+    rgb = gray[..., None] + 0.5 * room * chroma
+    a8 = np.rint(alpha * 255).astype(np.uint8)
+    rgba = np.dstack([np.rint(np.clip(rgb, 0, 255)).astype(np.uint8), a8])
+    rgba[a8 == 0] = 0
+    return Image.fromarray(rgba, "RGBA")
+
+
 #: name → (description, function uint8 [28, 28] → encoded file bytes)
 ALTERATIONS: dict[str, tuple[str, Callable[[np.ndarray], bytes]]] = {
     "png": ("28x28 grayscale PNG (the dataset's form)", lambda x: _png(Image.fromarray(x, "L"))),
@@ -98,6 +142,14 @@ ALTERATIONS: dict[str, tuple[str, Callable[[np.ndarray], bytes]]] = {
     "photo": (
         "all at once: RGB, 4x, dark on white, padded, JPEG 75",
         lambda x: _jpeg(_pad(_invert(_x4(_rgb(x))), (255, 255, 255))),
+    ),
+    "cutout": (
+        "112x112 RGBA PNG cutout, dark garment on transparency, soft edges",
+        lambda x: _png(_cutout_rgba(x, light=False)),
+    ),
+    "cutout_light": (
+        "112x112 RGBA PNG cutout, light garment on transparency, soft edges",
+        lambda x: _png(_cutout_rgba(x, light=True)),
     ),
 }
 
