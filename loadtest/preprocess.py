@@ -83,7 +83,7 @@ def _pad(img: Image.Image, fill: int | tuple[int, ...]) -> Image.Image:
 _LUMA = np.array([0.299, 0.587, 0.114])
 
 
-def _cutout_rgba(x: np.ndarray, light: bool) -> Image.Image:
+def _cutout_rgba(x: np.ndarray, light: bool, masked: bool = False) -> Image.Image:
     """A catalogue-style RGBA cutout (112x112) of one test image, garment on transparency.
 
     The test image (light garment on black) is read as the photo it came from: its value is
@@ -98,7 +98,11 @@ def _cutout_rgba(x: np.ndarray, light: bool) -> Image.Image:
       the blurred edge is too transparent for it: those pixels come out lighter than the
       photo, as a tool's eroded edge does), with a per-image tint that keeps its luma;
     - ``light``: the garment is light (darkest part 25-60% of full scale: beige, light grey),
-      as catalogues show; otherwise dark (85-100%). Fully transparent pixels store black.
+      as catalogues show; otherwise dark (85-100%). Fully transparent pixels store black;
+    - ``masked``: instead of the garment's own colour, keep the photo's pixels (already mixed
+      with the white page at soft edges and in light parts) under the same alpha, as masking
+      a photo in an image editor does. This breaks PNG's un-associated rule, so any
+      compositing counts the coverage twice there: the benchmark shows what that costs.
     """
     rng = np.random.default_rng(zlib.crc32(x.tobytes()))
     size = (x.shape[1] * 4, x.shape[0] * 4)
@@ -108,8 +112,11 @@ def _cutout_rgba(x: np.ndarray, light: bool) -> Image.Image:
     silhouette = Image.fromarray(((g > 8) * 255).astype(np.uint8), "L")
     edge = np.asarray(silhouette.filter(ImageFilter.GaussianBlur(2)), np.float64) / 255
     alpha = edge * np.clip(darkness / 64.0, 0.0, 1.0)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        own = np.where(alpha > 0, np.clip(darkness / alpha, 0.0, 255.0), 0.0)
+    if masked:
+        own = darkness
+    else:
+        with np.errstate(divide="ignore", invalid="ignore"):
+            own = np.where(alpha > 0, np.clip(darkness / alpha, 0.0, 255.0), 0.0)
     gray = 255.0 - own
     chroma = rng.normal(size=3)
     chroma -= _LUMA * (chroma @ _LUMA) / (_LUMA @ _LUMA)  # zero luma: the tint keeps the gray
@@ -150,6 +157,10 @@ ALTERATIONS: dict[str, tuple[str, Callable[[np.ndarray], bytes]]] = {
     "cutout_light": (
         "112x112 RGBA PNG cutout, light garment on transparency, soft edges",
         lambda x: _png(_cutout_rgba(x, light=True)),
+    ),
+    "cutout_masked": (
+        "112x112 RGBA PNG, light garment, the photo's own pixels under the alpha mask",
+        lambda x: _png(_cutout_rgba(x, light=True, masked=True)),
     ),
 }
 
