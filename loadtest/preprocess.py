@@ -1,7 +1,8 @@
 """Benchmark ``serving.preprocess``: accuracy under real-photo alterations, and speed.
 
 Test-set images are saved as image files altered the way real photos differ from the dataset
-(colour, size, dark object on a light background, JPEG compression, extra padding), decoded
+(colour, size, dark object on a light background, JPEG compression, extra padding, transparent
+RGBA cutouts of dark and light garments), decoded
 with :func:`serving.preprocess.decode_image` and classified with the exported model's
 ``serving_default`` signature. Each alteration's accuracy is compared with the accuracy on the
 raw test tensors (``x / 255``); the quality bar is "within 3 points". Then the decode time per

@@ -20,7 +20,8 @@ the dataset's authors documented in the Fashion-MNIST README, in their order:
 
 Transparency (RGBA, LA, palette or grayscale PNGs with tRNS, WebP, GIF): a product cutout is the
 product without its background, and the dataset's products were photographed on a near-white
-page (#fdfdfd; white products were left out for having no contrast against it). PNG colour is
+page (#fdfdfd, Fashion-MNIST paper section 2; white products were left out for having no
+contrast against it). PNG colour is
 un-associated: a pixel's colour is the *garment's own* colour, its alpha the garment's
 *coverage*. The photo the dataset would have been made from has, at each pixel, the garment's
 darkness against white (255 - luma) times its coverage; negated, that product is the dataset's
@@ -35,7 +36,9 @@ a light garment came out dim: 4.5 points lost in docs/BENCHMARKS.md); a soft edg
 coverage as intensity; a garment too close to white to show at all (no pixel darker than the
 5% tolerance, which the dataset avoided by leaving white products out) is shown by its coverage
 alone. An image whose alpha is 255 everywhere is converted exactly as the same image without
-alpha.
+alpha. A file that breaks the convention (a photo masked in an editor, whose partly transparent
+pixels already contain the page) looks lighter at those pixels on any white page, and is
+converted as it looks: no per-pixel rule can tell the page in a colour from a lighter garment.
 
 An image that is already 28x28 and single-channel grayscale is taken to be in the dataset's form
 and only scaled (value / 255): no trim, resize, sharpening or negation.
