@@ -35,7 +35,7 @@ from PIL import Image, ImageFilter
 from tqdm import tqdm
 
 from serving.contract import CLASS_NAMES, INPUT_KEY, OUTPUT_CLASS_IDS, OUTPUT_PROBABILITIES
-from serving.preprocess import decode_image, to_batch
+from serving.preprocess import LUMA, decode_image, to_batch
 
 log = logging.getLogger("loadtest.preprocess")
 
@@ -80,10 +80,6 @@ def _pad(img: Image.Image, fill: int | tuple[int, ...]) -> Image.Image:
     return canvas
 
 
-# Pillow's luma weights (ITU-R 601, what convert("L") uses), for colours of a given gray level.
-_LUMA = np.array([0.299, 0.587, 0.114])
-
-
 def _cutout_rgba(x: np.ndarray, light: bool, masked: bool = False) -> Image.Image:
     """A catalogue-style RGBA cutout (112x112) of one test image, garment on transparency.
 
@@ -120,7 +116,7 @@ def _cutout_rgba(x: np.ndarray, light: bool, masked: bool = False) -> Image.Imag
             own = np.where(alpha > 0, np.clip(darkness / alpha, 0.0, 255.0), 0.0)
     gray = 255.0 - own
     chroma = rng.normal(size=3)
-    chroma -= _LUMA * (chroma @ _LUMA) / (_LUMA @ _LUMA)  # zero luma: the tint keeps the gray
+    chroma -= LUMA * (chroma @ LUMA) / (LUMA @ LUMA)  # zero luma: the tint keeps the gray
     chroma /= np.abs(chroma).max()
     room = np.minimum(gray, 255.0 - gray)[..., None]
     rgb = gray[..., None] + 0.5 * room * chroma

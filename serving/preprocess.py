@@ -75,6 +75,7 @@ from PIL import (
 from serving.contract import IMAGE_SIZE
 
 __all__ = [
+    "LUMA",
     "MAX_PIXELS",
     "SUPPORTED_FORMATS",
     "ImageTooLarge",
@@ -106,8 +107,9 @@ _EXIF_ORIENTATION = 0x0112
 _WIDE_MODES = frozenset({"I;16", "I;16B", "I;16L", "I;16N", "I", "F"})
 _GRAY_MODES = frozenset({"L"}) | _WIDE_MODES
 _ALPHA_MODES = frozenset({"RGBA", "LA", "PA", "RGBa", "La"})
-# Pillow's luma weights for RGB → L (ITU-R 601-2).
-_LUMA = np.array([0.299, 0.587, 0.114], dtype=np.float32)
+#: Pillow's luma weights for RGB → L (ITU-R 601-2): a colour's gray level is ``rgb @ LUMA``.
+LUMA = np.array([0.299, 0.587, 0.114])
+_LUMA32 = LUMA.astype(np.float32)
 # Exceptions Pillow's decoders raise on corrupt or truncated data.
 # Importing the five plugins registers them in Image.OPEN (what Image.open would do lazily).
 _PLUGINS = (BmpImagePlugin, GifImagePlugin, JpegImagePlugin, PngImagePlugin, WebPImagePlugin)
@@ -221,7 +223,7 @@ def _cutout_form(img: Image.Image) -> Image.Image:
     if alpha.min() == 255:
         return rgba.convert("RGB")
     coverage = alpha.astype(np.float32) * np.float32(1 / 255)
-    intensity = coverage * (np.float32(255) - pixels[..., :3].astype(np.float32) @ _LUMA)
+    intensity = coverage * (np.float32(255) - pixels[..., :3].astype(np.float32) @ _LUMA32)
     if float(intensity.max()) <= _TRIM_TOLERANCE:
         intensity = coverage * np.float32(255)  # (near-)white garment: shown by its coverage
     # One ring of background around the canvas: _border_background reads the ring, and a
