@@ -25,8 +25,8 @@ contrast against it). PNG colour is
 un-associated: a pixel's colour is the *garment's own* colour, its alpha the garment's
 *coverage*. The photo the dataset would have been made from has, at each pixel, the garment's
 darkness against white (255 - luma) times its coverage; negated, that product is the dataset's
-intensity. So a cutout is converted into that negated photo directly, in floating point and
-rounded once: ``alpha * (255 - luma)``, light garment on black (the transparent pixels, whatever
+intensity. So a cutout is converted into that negated photo directly, rounded once:
+``alpha * (255 - luma) / 255``, light garment on black (the transparent pixels, whatever
 colour they store; one ring of black is added around the canvas, so that a garment cropped to
 its own edges still reads as light-on-black), then steps 2-7. Compositing onto any other
 background, or dropping alpha, would change the garment's intensity; multiplying the
@@ -107,9 +107,9 @@ _EXIF_ORIENTATION = 0x0112
 _WIDE_MODES = frozenset({"I;16", "I;16B", "I;16L", "I;16N", "I", "F"})
 _GRAY_MODES = frozenset({"L"}) | _WIDE_MODES
 _ALPHA_MODES = frozenset({"RGBA", "LA", "PA", "RGBa", "La"})
-#: Pillow's luma weights for RGB → L (ITU-R 601-2): a colour's gray level is ``rgb @ LUMA``.
+#: The luma weights of Pillow's RGB → L conversion (ITU-R 601-2), i.e. of every grayscale
+#: conversion here: a colour's gray level is ``rgb @ LUMA`` (rounded).
 LUMA = np.array([0.299, 0.587, 0.114])
-_LUMA32 = LUMA.astype(np.float32)
 # Exceptions Pillow's decoders raise on corrupt or truncated data.
 # Importing the five plugins registers them in Image.OPEN (what Image.open would do lazily).
 _PLUGINS = (BmpImagePlugin, GifImagePlugin, JpegImagePlugin, PngImagePlugin, WebPImagePlugin)
@@ -213,24 +213,23 @@ def _cutout_form(img: Image.Image) -> Image.Image:
     """An image with alpha → 8-bit light garment on black, the polarity of the dataset.
 
     Intensity = coverage x the garment's darkness against white: the negated photo of the
-    garment on the dataset's white page, computed in floating point and rounded once (the
-    rule is explained in the module docstring). A fully opaque image comes back as RGB, so it
-    is converted exactly as the same image without alpha.
+    garment on the dataset's white page (the rule is explained in the module docstring),
+    from Pillow's luma of the colour, in integers, rounded once. A fully opaque image comes
+    back as RGB, so it is converted exactly as the same image without alpha.
     """
     rgba = img.convert("RGBA")
-    pixels = np.asarray(rgba)
-    alpha = pixels[..., 3]
+    alpha = np.asarray(rgba.getchannel("A"))
     if alpha.min() == 255:
         return rgba.convert("RGB")
-    coverage = alpha.astype(np.float32) * np.float32(1 / 255)
-    intensity = coverage * (np.float32(255) - pixels[..., :3].astype(np.float32) @ _LUMA32)
-    if float(intensity.max()) <= _TRIM_TOLERANCE:
-        intensity = coverage * np.float32(255)  # (near-)white garment: shown by its coverage
+    darkness = 255 - np.asarray(rgba.convert("L")).astype(np.uint16)  # RGBA → L ignores alpha
+    intensity = (alpha * darkness + 127) // 255  # uint16: at most 255 x 255 + 127
+    if int(intensity.max()) <= _TRIM_TOLERANCE:
+        intensity = alpha  # (near-)white garment: shown by its coverage
     # One ring of background around the canvas: _border_background reads the ring, and a
     # cutout is often cropped to the garment, which may cover most of its own border.
     h, w = alpha.shape
     out = np.zeros((h + 2, w + 2), dtype=np.uint8)
-    out[1:-1, 1:-1] = np.rint(np.clip(intensity, 0, 255))
+    out[1:-1, 1:-1] = intensity
     return Image.fromarray(out, "L")
 
 
