@@ -19,26 +19,25 @@ the dataset's authors documented in the Fashion-MNIST README, in their order:
 7. scale to [0, 1].
 
 Transparency (RGBA, LA, palette or grayscale PNGs with tRNS, WebP, GIF): a product cutout is the
-product without its background, and the dataset's products were photographed on a near-white
-page (#fdfdfd, Fashion-MNIST paper section 2; white products were left out for having no
-contrast against it). PNG colour is
-un-associated: a pixel's colour is the *garment's own* colour, its alpha the garment's
-*coverage*. The photo the dataset would have been made from has, at each pixel, the garment's
-darkness against white (255 - luma) times its coverage; negated, that product is the dataset's
-intensity. So a cutout is converted into that negated photo directly, rounded once:
-``alpha * (255 - luma) / 255``, light garment on black (the transparent pixels, whatever
-colour they store; one ring of black is added around the canvas, so that a garment cropped to
-its own edges still reads as light-on-black), then steps 2-7. Compositing onto any other
-background, or dropping alpha, would change the garment's intensity; multiplying the
-coverage in twice would dim every soft edge. A dark and a light garment of the same shape and
-coverage differ only in contrast, which step 6 stretches away as the dataset did (without it
-a light garment came out dim: 4.5 points lost in docs/BENCHMARKS.md); a soft edge keeps its
-coverage as intensity; a garment too close to white to show at all (no pixel darker than the
-5% tolerance, which the dataset avoided by leaving white products out) is shown by its coverage
-alone. An image whose alpha is 255 everywhere is converted exactly as the same image without
-alpha. A file that breaks the convention (a photo masked in an editor, whose partly transparent
-pixels already contain the page) looks lighter at those pixels on any white page, and is
-converted as it looks: no per-pixel rule can tell the page in a colour from a lighter garment.
+product without its background, and the dataset's products were photographed on a near-white page
+(#fdfdfd, Fashion-MNIST paper section 2; white products were left out for having no contrast
+against it). PNG colour is un-associated: a pixel's colour is the *garment's own* colour, its
+alpha the garment's *coverage*. The photo the dataset would have been made from has, at each
+pixel, the garment's darkness against white (255 - luma) times its coverage; negated, that product
+is the dataset's intensity. So a cutout is converted into that negated photo directly, the product
+rounded once: ``alpha * (255 - luma) / 255`` with luma the colour's 8-bit gray level, light
+garment on black (the transparent pixels, whatever colour they store; one ring of black is added
+around the canvas, so that a garment cropped to its own edges still reads as light-on-black), then
+steps 2-7. Compositing onto any other background, or dropping alpha, would change the garment's
+intensity; multiplying the coverage in twice would dim every soft edge. A dark and a light garment
+of the same shape and coverage differ mainly in contrast, which step 6 stretches away as the
+dataset did (without it a light garment came out dim: 4.5 points lost in docs/BENCHMARKS.md); a
+soft edge keeps its coverage as intensity; a garment too close to white to show at all (no pixel
+darker than the 5% tolerance, which the dataset avoided by leaving white products out) is shown by
+its coverage alone. An image whose alpha is 255 everywhere is converted exactly as the same image
+without alpha. A file that breaks the convention (a photo masked in an editor, whose partly
+transparent pixels already contain the page) looks lighter at those pixels on any white page, and
+is converted as it looks: no per-pixel rule can tell the page in a colour from a lighter garment.
 
 An image that is already 28x28 and single-channel grayscale is taken to be in the dataset's form
 and only scaled (value / 255): no trim, resize, sharpening or negation.
@@ -214,8 +213,8 @@ def _cutout_form(img: Image.Image) -> Image.Image:
 
     Intensity = coverage x the garment's darkness against white: the negated photo of the
     garment on the dataset's white page (the rule is explained in the module docstring),
-    from Pillow's luma of the colour, in integers, rounded once. A fully opaque image comes
-    back as RGB, so it is converted exactly as the same image without alpha.
+    from Pillow's 8-bit luma of the colour, in integers, the product rounded once. A fully
+    opaque image comes back as RGB, so it is converted exactly as the same image without alpha.
     """
     rgba = img.convert("RGBA")
     alpha = np.asarray(rgba.getchannel("A"))
