@@ -5,16 +5,39 @@ The model expects what Fashion-MNIST contains: a 28x28 grayscale image of a *lig
 background, any size, colour, JPEG artefacts), so :func:`decode_image` repeats the conversion
 the dataset's authors documented in the Fashion-MNIST README, in their order:
 
-1. decode (PNG, JPEG, WebP, GIF, BMP; first frame only), apply the EXIF orientation, flatten any
-   transparency onto white, convert to 8-bit grayscale;
+1. decode (PNG, JPEG, WebP, GIF, BMP; first frame only), apply the EXIF orientation, convert to
+   8-bit grayscale (images with transparency: see below);
 2. trim the edges whose pixels are all close (5% of full scale) to the background colour
    (the median of the image's border ring, which is more robust to noise than one corner pixel);
 3. resize the longest edge to 28 (area averaging; see docs/BENCHMARKS.md for the choice);
 4. sharpen (unsharp mask, Gaussian radius 1);
 5. centre on a 28x28 canvas of the background colour;
 6. negate — only when the background is light, because the dataset has light clothes on black —
-   and stretch so that the background maps to exactly 0 as in the dataset;
+   and stretch linearly so that the background maps to exactly 0 and the brightest pixel to 255:
+   every dataset image spans the full range (all 10,000 test images reach 254-255, and the
+   low-contrast ones hold only every 3rd, 7th or 15th value: light garments were stretched);
 7. scale to [0, 1].
+
+Transparency (RGBA, LA, palette or grayscale PNGs with tRNS, WebP, GIF): a product cutout is the
+product without its background, and the dataset's products were photographed on a near-white page
+(#fdfdfd, Fashion-MNIST paper section 2; white products were left out for having no contrast
+against it). PNG colour is un-associated: a pixel's colour is the *garment's own* colour, its
+alpha the garment's *coverage*. The photo the dataset would have been made from has, at each
+pixel, the garment's darkness against white (255 - luma) times its coverage; negated, that product
+is the dataset's intensity. So a cutout is converted into that negated photo directly, the product
+rounded once: ``alpha * (255 - luma) / 255`` with luma the colour's 8-bit gray level, light
+garment on black (the transparent pixels, whatever colour they store; one ring of black is added
+around the canvas, so that a garment cropped to its own edges still reads as light-on-black), then
+steps 2-7. Compositing onto any other background, or dropping alpha, would change the garment's
+intensity; multiplying the coverage in twice would dim every soft edge. A dark and a light garment
+of the same shape and coverage differ mainly in contrast, which step 6 stretches away as the
+dataset did (without it a light garment came out dim: 4.5 points lost in docs/BENCHMARKS.md); a
+soft edge keeps its coverage as intensity; a garment too close to white to show at all (no pixel
+darker than the 5% tolerance, which the dataset avoided by leaving white products out) is shown by
+its coverage alone. An image whose alpha is 255 everywhere is converted exactly as the same image
+without alpha. A file that breaks the convention (a photo masked in an editor, whose partly
+transparent pixels already contain the page) looks lighter at those pixels on any white page, and
+is converted as it looks: no per-pixel rule can tell the page in a colour from a lighter garment.
 
 An image that is already 28x28 and single-channel grayscale is taken to be in the dataset's form
 and only scaled (value / 255): no trim, resize, sharpening or negation.
@@ -51,6 +74,7 @@ from PIL import (
 from serving.contract import IMAGE_SIZE
 
 __all__ = [
+    "LUMA",
     "MAX_PIXELS",
     "SUPPORTED_FORMATS",
     "ImageTooLarge",
@@ -81,6 +105,10 @@ _DRAFT_SIZE = (8 * IMAGE_SIZE, 8 * IMAGE_SIZE)
 _EXIF_ORIENTATION = 0x0112
 _WIDE_MODES = frozenset({"I;16", "I;16B", "I;16L", "I;16N", "I", "F"})
 _GRAY_MODES = frozenset({"L"}) | _WIDE_MODES
+_ALPHA_MODES = frozenset({"RGBA", "LA", "PA", "RGBa", "La"})
+#: The luma weights of Pillow's RGB → L conversion (ITU-R 601-2), i.e. of every grayscale
+#: conversion here: a colour's gray level is ``rgb @ LUMA`` (rounded).
+LUMA = np.array([0.299, 0.587, 0.114])
 # Exceptions Pillow's decoders raise on corrupt or truncated data.
 # Importing the five plugins registers them in Image.OPEN (what Image.open would do lazily).
 _PLUGINS = (BmpImagePlugin, GifImagePlugin, JpegImagePlugin, PngImagePlugin, WebPImagePlugin)
@@ -173,15 +201,35 @@ def _load_gray(img: Image.Image) -> tuple[Image.Image, bool]:
         img = ImageOps.exif_transpose(img)
     if img.mode == "P" or "transparency" in img.info:
         img = img.convert("RGBA")
-    if img.mode in ("RGBA", "LA", "PA", "RGBa", "La"):
-        # Transparent areas become white: a cut-out product is shown on a light page.
-        rgba = img.convert("RGBA")
-        canvas = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
-        canvas.alpha_composite(rgba)
-        img = canvas
+    if img.mode in _ALPHA_MODES:
+        img = _cutout_form(img)
     if img.mode != "L":
         img = img.convert("L")
     return img, source_gray
+
+
+def _cutout_form(img: Image.Image) -> Image.Image:
+    """An image with alpha → 8-bit light garment on black, the polarity of the dataset.
+
+    Intensity = coverage x the garment's darkness against white: the negated photo of the
+    garment on the dataset's white page (the rule is explained in the module docstring),
+    from Pillow's 8-bit luma of the colour, in integers, the product rounded once. A fully
+    opaque image comes back as RGB, so it is converted exactly as the same image without alpha.
+    """
+    rgba = img.convert("RGBA")
+    alpha = np.asarray(rgba.getchannel("A"))
+    if alpha.min() == 255:
+        return rgba.convert("RGB")
+    darkness = 255 - np.asarray(rgba.convert("L")).astype(np.uint16)  # RGBA → L ignores alpha
+    intensity = (alpha * darkness + 127) // 255  # uint16: at most 255 x 255 + 127
+    if int(intensity.max()) <= _TRIM_TOLERANCE:
+        intensity = alpha  # (near-)white garment: shown by its coverage
+    # One ring of background around the canvas: _border_background reads the ring, and a
+    # cutout is often cropped to the garment, which may cover most of its own border.
+    h, w = alpha.shape
+    out = np.zeros((h + 2, w + 2), dtype=np.uint8)
+    out[1:-1, 1:-1] = intensity
+    return Image.fromarray(out, "L")
 
 
 def _border_background(pixels: np.ndarray) -> float:
@@ -222,15 +270,17 @@ def _dataset_form(gray: Image.Image) -> np.ndarray:
     canvas.paste(cropped, ((IMAGE_SIZE - new_size[0]) // 2, (IMAGE_SIZE - new_size[1]) // 2))
     out = np.asarray(canvas).astype(np.float32)
 
-    # 6. negate when the background is light; map the background to exactly 0
+    # 6. negate when the background is light; map the background to exactly 0 and the
+    # brightest pixel to 255 (the dataset's per-image contrast)
     if light_background:
         out = 255.0 - out
         level = 255.0 - background
     else:
         level = background
-    if level > 0:  # level <= 127.5 here, so the division is safe
-        out = (out - level) * (255.0 / (255.0 - level))
-    return np.clip(out, 0, 255).astype(np.uint8)
+    peak = float(out.max())
+    # nothing brighter than the background (a dark object on a dark background): all background
+    out = (out - level) * (255.0 / (peak - level)) if peak > level else np.zeros_like(out)
+    return np.clip(np.rint(out), 0, 255).astype(np.uint8)
 
 
 def image_pixels(data: bytes) -> int:

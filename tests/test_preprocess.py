@@ -20,6 +20,7 @@ from serving.preprocess import (
     decode_image,
     to_batch,
 )
+from tests.support import cutouts
 
 IMAGES = Path(__file__).resolve().parent / "support" / "images"
 NOT_AN_IMAGE = "not a supported image (PNG, JPEG, WebP, GIF, BMP): cannot identify image data"
@@ -389,3 +390,148 @@ def test_mutated_files_only_raise_preprocess_errors():
             assert_model_input(x)
             outcomes["ok"] += 1
     assert outcomes["ok"] > 0 and outcomes["error"] > 0
+
+
+# Transparent cutouts: intensity = coverage x the garment's darkness against white (see the
+# serving.preprocess docstring). Each `coverage_png` reference is the rule's expected intensity
+# as a light-on-black L image, which goes through the same trim/resize/sharpen/centre steps,
+# so tensors are compared exactly.
+
+
+def test_opaque_alpha_is_exactly_the_image_without_alpha():
+    rgb = draw_shape(fg=(90, 40, 30), bg=(240, 236, 230))
+    rgba = rgb.convert("RGBA")
+    assert np.asarray(rgba)[..., 3].min() == 255
+    np.testing.assert_array_equal(
+        decode_image(encode(rgba, "PNG")), decode_image(encode(rgb, "PNG"))
+    )
+    gray = rgb.convert("L")
+    np.testing.assert_array_equal(
+        decode_image(encode(gray.convert("LA"), "PNG")), decode_image(encode(gray, "PNG"))
+    )
+
+
+@pytest.mark.parametrize("stored", [(0, 0, 0), (255, 255, 255), (255, 0, 255)])
+def test_fully_transparent_pixels_are_background_whatever_they_store(stored):
+    alpha = cutouts.coverage()
+    expected = decode_image(cutouts.coverage_png(alpha.astype(np.float64)))
+    x = decode_image(cutouts.png(cutouts.cutout(alpha, (0, 0, 0), transparent_rgb=stored)))
+    np.testing.assert_array_equal(x, expected)
+    assert x[0, 0, 0] == 0.0 and x[-1, -1, 0] == 0.0
+
+
+def test_fully_transparent_image_gives_zeros():
+    x = decode_image(cutouts.png(Image.new("RGBA", (50, 40), (120, 30, 200, 0))))
+    assert_model_input(x)
+    assert not x.any()
+
+
+@pytest.mark.parametrize("grey", [0, 51, 102, 153, 204])
+def test_partly_transparent_pixels_are_coverage_times_darkness(grey):
+    # soft edges and the half-covered thin part: alpha x (255 - grey), rounded once; a second
+    # multiplication by the coverage (compositing an already-flattened edge) would not match.
+    alpha = cutouts.coverage()
+    assert ((alpha > 0) & (alpha < 255)).sum() > 300  # many partly transparent pixels
+    expected = decode_image(cutouts.coverage_png(alpha * ((255 - grey) / 255)))
+    x = decode_image(cutouts.png(cutouts.cutout(alpha, (grey, grey, grey))))
+    np.testing.assert_array_equal(x, expected)
+    assert x.max() == 1.0  # stretched to the full range whatever the garment's darkness
+
+
+def test_coloured_garment_uses_its_luma():
+    alpha = cutouts.coverage()
+    colour = (200, 90, 40)  # luma 0.299 R + 0.587 G + 0.114 B = 117.59
+    luma = float(np.dot(colour, [0.299, 0.587, 0.114]))
+    expected = decode_image(cutouts.coverage_png(alpha * ((255 - luma) / 255)))
+    x = decode_image(cutouts.png(cutouts.cutout(alpha, colour)))
+    assert mean_abs_diff(x, expected) <= 1 / 255  # float32 vs float64 rounding at most
+
+
+@pytest.mark.parametrize("blur", [0, 1.5])
+def test_light_garment_is_stretched_like_a_dark_one(blur):
+    # Same shape and coverage, darkness 235 vs 51: only the contrast differs, and the stretch
+    # removes most of it, as the dataset's did. What stays is what the dataset's own steps
+    # leave: the dark garment's sharpening overshoot is clipped at 255 and the light one's is
+    # not (so the light interior sits lower under its peak), and with soft edges the light
+    # garment's faintest edge pixels fall under the 5% trim tolerance.
+    alpha = cutouts.coverage(blur=blur)
+    dark = decode_image(cutouts.png(cutouts.cutout(alpha, (20, 20, 20))))
+    light = decode_image(cutouts.png(cutouts.cutout(alpha, (204, 204, 204))))
+    assert dark.max() == light.max() == 1.0
+    # without the stretch the light one would be 51/235 = 0.22 of the dark one
+    assert 0.75 <= float(light.mean()) / float(dark.mean()) <= 1.0
+
+
+def test_white_garment_is_shown_by_its_coverage():
+    # darkness 5 < the 5% tolerance: invisible on white, so the coverage alone is the garment
+    alpha = cutouts.coverage()
+    expected = decode_image(cutouts.coverage_png(alpha.astype(np.float64)))
+    x = decode_image(cutouts.png(cutouts.cutout(alpha, (250, 250, 250))))
+    np.testing.assert_array_equal(x, expected)
+
+
+def test_garment_cropped_to_the_canvas_is_still_light_on_black():
+    # Tight crop: the garment covers most of the border ring, which is where the background
+    # is read from; the cutout's own transparency must still be the background.
+    alpha = np.full(cutouts.SIZE[::-1], 255, np.uint8)  # a coat filling its canvas,
+    alpha[:20, 40:56] = 0  # with a neckline,
+    alpha[50:, 46:50] = 128  # a half-transparent slit
+    alpha[:, :3] = alpha[:, -3:] = 200  # and soft sides
+    ring = np.concatenate((alpha[0], alpha[-1], alpha[1:-1, 0], alpha[1:-1, -1]))
+    assert np.median(ring) > 127.5  # read as the background, the ring would be light
+    x = decode_image(cutouts.png(cutouts.cutout(alpha, (30, 30, 30))))
+    with_margin = np.zeros((alpha.shape[0] + 20, alpha.shape[1] + 20), np.uint8)
+    with_margin[10:-10, 10:-10] = alpha
+    np.testing.assert_array_equal(
+        x, decode_image(cutouts.png(cutouts.cutout(with_margin, (30, 30, 30))))
+    )
+    assert x[0, 0, 0] == 0.0 and x.max() == 1.0
+
+
+def test_la_png_is_the_same_cutout_as_rgba():
+    alpha = cutouts.coverage()
+    la = Image.merge("LA", (Image.new("L", alpha.shape[::-1], 51), Image.fromarray(alpha)))
+    np.testing.assert_array_equal(
+        decode_image(encode(la, "PNG")),
+        decode_image(cutouts.png(cutouts.cutout(alpha, (51, 51, 51)))),
+    )
+
+
+def test_palette_png_with_trns_is_the_same_cutout_as_rgba():
+    # index 0: transparent (stores white); 1: opaque black; 2: black at alpha 102 (tRNS holds
+    # one alpha per palette entry)
+    alpha = np.zeros(cutouts.SIZE[::-1], np.uint8)
+    alpha[10:60, 20:70] = 255
+    alpha[10:60, 70:80] = 102  # a partly transparent strip along one side
+    indices = np.select([alpha == 255, alpha == 102], [1, 2], 0).astype(np.uint8)
+    pal = Image.fromarray(indices, "P")
+    pal.putpalette([255, 255, 255, 0, 0, 0, 0, 0, 0])
+    data = encode(pal, "PNG", transparency=bytes([0, 255, 102]))
+    assert Image.open(io.BytesIO(data)).info["transparency"] == b"\x00\xff\x66"
+    np.testing.assert_array_equal(
+        decode_image(data), decode_image(cutouts.png(cutouts.cutout(alpha, (0, 0, 0))))
+    )
+    expected = decode_image(cutouts.coverage_png(alpha.astype(np.float64)))
+    np.testing.assert_array_equal(decode_image(data), expected)
+
+
+def test_grayscale_png_with_trns_colour_is_transparent():
+    # An L PNG whose tRNS names one grey level: those pixels are transparent, not grey 77.
+    pixels = np.full(cutouts.SIZE[::-1], 77, np.uint8)
+    pixels[12:60, 16:80] = 0
+    x = decode_image(encode(Image.fromarray(pixels, "L"), "PNG", transparency=77))
+    expected = decode_image(cutouts.coverage_png(np.where(pixels == 0, 255.0, 0.0)))
+    np.testing.assert_array_equal(x, expected)
+    # without tRNS, 77 is a dark background and the black block is darker still
+    assert not np.array_equal(decode_image(encode(Image.fromarray(pixels, "L"), "PNG")), x)
+
+
+def test_light_photo_without_alpha_is_stretched_too():
+    # a light-grey garment on white (low contrast) fills the range like the dataset's images
+    x = decode_image(encode(draw_shape(fg=(200, 200, 200), bg=(250, 250, 250)), "PNG"))
+    assert x[0, 0, 0] == 0.0 and x.max() == 1.0
+    # its interior comes out at ~0.8 (the sharpening overshoot at its outline is the peak),
+    # not at the 50/255 = 0.2 of its contrast against the page
+    assert float(np.median(x[x > 0.1])) > 0.75
+    reference = decode_image(encode(draw_shape(), "PNG"))
+    assert mean_abs_diff(x, reference) <= 0.04
