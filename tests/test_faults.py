@@ -19,6 +19,7 @@ tested in-process at the end.
 
 from __future__ import annotations
 
+import functools
 import os
 import shutil
 import signal
@@ -345,10 +346,12 @@ def test_gateway_sigterm_completes_requests_in_flight_refuses_new_and_exits_0(ms
         port = gw.ports["http"]
         os.kill(ms.pid, signal.SIGSTOP)
         try:
-            with ThreadPoolExecutor(4) as pool:
-                futures = [pool.submit(post_image, gw.url, PNG) for _ in range(4)]
+            # 3 requests: fewer than a worker's 4 threads, so a scrape always finds a thread
+            # (a gthread worker accepts connections beyond its threads and queues them).
+            with ThreadPoolExecutor(3) as pool:
+                futures = [pool.submit(post_image, gw.url, PNG) for _ in range(3)]
                 deadline = time.monotonic() + 10
-                while _metric(gw.url, "gateway_in_flight_requests") < 5:  # 4 + this scrape
+                while _metric(gw.url, "gateway_in_flight_requests") < 4:  # 3 + this scrape
                     assert time.monotonic() < deadline, "requests never reached the gateway"
                     time.sleep(0.1)
                 gw.proc.send_signal(signal.SIGTERM)
@@ -412,7 +415,9 @@ def embedded(model_base, tmp_path_factory):
 
     base = tmp_path_factory.mktemp("faults-embedded") / "fashion_mnist"
     shutil.copytree(model_base, base)
-    with EmbeddedBackend(base, timeout=30.0, batch_max_size=64) as backend:
+    # Batches of at most 2 rows: a 3-row request is split into two model calls, each so small
+    # that the injected delays, not the model, decide the timings.
+    with EmbeddedBackend(base, timeout=30.0, batch_max_size=2) as backend:
         assert backend.predict(np.zeros((1, 28, 28, 1), np.float32)).model_version == 1
         yield backend
 
@@ -422,7 +427,8 @@ class SlowModel:
     answered by "another version" (what a version swap between two chunks looks like)."""
 
     def __init__(self, backend, delay: float, swap_on_call: int | None = None) -> None:
-        self.real = backend.manager.predict
+        manager = backend.manager
+        self.real = functools.partial(type(manager).predict, manager)  # never another wrapper
         self.delay = delay
         self.swap_on_call = swap_on_call
         self.calls = 0
@@ -442,7 +448,7 @@ class SlowModel:
 
 @pytest.mark.slow
 def test_embedded_retry_after_a_version_swap_keeps_one_deadline(embedded, monkeypatch):
-    batch = np.zeros((65, 28, 28, 1), np.float32)  # two chunks of the 64-row batcher
+    batch = np.zeros((3, 28, 28, 1), np.float32)  # two chunks of the 2-row batcher
     # The second model call reports another version: the request is run again, once.
     slow = SlowModel(embedded, delay=0.3, swap_on_call=2)
     monkeypatch.setattr(embedded.manager, "predict", slow)
@@ -450,7 +456,7 @@ def test_embedded_retry_after_a_version_swap_keeps_one_deadline(embedded, monkey
     started = time.monotonic()
     result = embedded.predict(batch)
     assert slow.calls == 4 and result.model_version == 1  # one version answered every row
-    assert result.probabilities.shape == (65, 10)
+    assert result.probabilities.shape == (3, 10)
     assert 1.1 < time.monotonic() - started < 3.0
 
     # Each attempt takes 0.6 s: with a 1 s deadline the retry must not get a fresh 1 s.
