@@ -358,6 +358,20 @@ def test_rest_deadline_is_backend_timeout(rest):
     assert len(state.calls) == 1
 
 
+def test_rest_version_lookup_shares_the_predict_deadline(rest):
+    state, url = rest
+    state.delay = 0.3  # each answer takes 0.3 s: the prediction, then the status (for the version)
+    with RestBackend(url, timeout=1.0) as client:
+        assert client.predict(batch_of(1)).model_version == 2  # 0.6 s in all: in time
+    state.calls = []
+    with RestBackend(url, timeout=0.5) as client:
+        started = time.monotonic()
+        with pytest.raises(BackendTimeout):
+            client.predict(batch_of(1))
+        assert time.monotonic() - started < 0.5 + 0.15  # not 0.5 s more for the lookup
+    assert [c[0] for c in state.calls] == ["POST", "GET"]
+
+
 def test_rest_nothing_listening_is_unavailable():
     url = f"http://127.0.0.1:{free_port()}"
     with RestBackend(url, retries=1) as client, pytest.raises(BackendUnavailable) as info:
