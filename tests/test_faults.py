@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import functools
 import os
-import shutil
 import signal
 import socket
 import time
@@ -39,6 +38,7 @@ from serving.backends import BackendTimeout, BackendUnavailable
 from serving.backends.grpc import GrpcBackend
 from serving.backends.rest import RestBackend
 from serving.gateway.errors import BACKEND_MESSAGES
+from tests.support.modelserver import writable_copy
 from tests.support.traffic import Outcome, Traffic, get, post_image
 from tests.support.workers import predictions_by_worker, wait_for_workers, worker_pids
 
@@ -89,9 +89,7 @@ class ModelServerSlot:
 
 @pytest.fixture(scope="module")
 def model_base(exported_model, tmp_path_factory) -> Path:
-    base = tmp_path_factory.mktemp("faults") / "fashion_mnist"
-    shutil.copytree(exported_model, base)
-    return base
+    return writable_copy(exported_model, tmp_path_factory.mktemp("faults"))
 
 
 @pytest.fixture(scope="module")
@@ -413,8 +411,7 @@ def test_modelserver_sigterm_completes_grpc_and_rest_in_flight_and_exits_0(model
 def embedded(model_base, tmp_path_factory):
     from serving.backends.embedded import EmbeddedBackend
 
-    base = tmp_path_factory.mktemp("faults-embedded") / "fashion_mnist"
-    shutil.copytree(model_base, base)
+    base = writable_copy(model_base, tmp_path_factory.mktemp("faults-embedded"))
     # Batches of at most 2 rows: a 3-row request is split into two model calls, each so small
     # that the injected delays, not the model, decide the timings.
     with EmbeddedBackend(base, timeout=30.0, batch_max_size=2) as backend:
