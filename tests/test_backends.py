@@ -6,9 +6,12 @@ from __future__ import annotations
 
 import json
 import shutil
+import socket
 import subprocess
 import sys
+import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import grpc
@@ -161,6 +164,42 @@ def test_grpc_nothing_listening_is_unavailable():
             client.predict(batch_of(1))
         with pytest.raises(BackendUnavailable):
             client.status()
+
+
+def test_grpc_reconnect_attempts_stay_frequent_while_the_backend_is_down():
+    """gRPC waits out its reconnect backoff before connecting again (calls fail meanwhile), so
+    the backoff's cap is how long a restarted model server goes unused. Count the channel's
+    connection attempts to a listener that drops each one: after 6 s of failures they must
+    still come at most ~0.6 s apart (500 ms cap, +20 % jitter; gRPC's default grows to 120 s)."""
+    attempts: list[float] = []
+    stop = threading.Event()
+    with socket.create_server(("127.0.0.1", 0)) as listener:
+        listener.settimeout(0.05)
+
+        def drop_connections() -> None:
+            while not stop.is_set():
+                try:
+                    conn, _ = listener.accept()
+                except TimeoutError:
+                    continue
+                attempts.append(time.monotonic())
+                conn.close()
+
+        target = f"127.0.0.1:{listener.getsockname()[1]}"
+        with ThreadPoolExecutor(1) as pool, GrpcBackend(target, timeout=0.5, retries=0) as client:
+            accepting = pool.submit(drop_connections)
+            try:
+                end = time.monotonic() + 6.0
+                while time.monotonic() < end:
+                    with pytest.raises((BackendUnavailable, BackendTimeout)):
+                        client.predict(batch_of(1))
+                    time.sleep(0.02)
+            finally:
+                stop.set()
+            accepting.result()
+    gaps = np.diff(attempts)
+    assert len(attempts) >= 10, attempts
+    assert gaps.max() < 0.5 * 1.2 + 0.15, gaps.round(3).tolist()
 
 
 def test_bad_batches_are_caller_errors(fake):
