@@ -6,9 +6,12 @@ from __future__ import annotations
 
 import json
 import shutil
+import socket
 import subprocess
 import sys
+import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import grpc
@@ -161,6 +164,42 @@ def test_grpc_nothing_listening_is_unavailable():
             client.predict(batch_of(1))
         with pytest.raises(BackendUnavailable):
             client.status()
+
+
+def test_grpc_reconnect_attempts_stay_frequent_while_the_backend_is_down():
+    """gRPC waits out its reconnect backoff before connecting again (calls fail meanwhile), so
+    the backoff's cap is how long a restarted model server goes unused. Count the channel's
+    connection attempts to a listener that drops each one: after 6 s of failures they must
+    still come at most ~0.6 s apart (500 ms cap, +20 % jitter; gRPC's default grows to 120 s)."""
+    attempts: list[float] = []
+    stop = threading.Event()
+    with socket.create_server(("127.0.0.1", 0)) as listener:
+        listener.settimeout(0.05)
+
+        def drop_connections() -> None:
+            while not stop.is_set():
+                try:
+                    conn, _ = listener.accept()
+                except TimeoutError:
+                    continue
+                attempts.append(time.monotonic())
+                conn.close()
+
+        target = f"127.0.0.1:{listener.getsockname()[1]}"
+        with ThreadPoolExecutor(1) as pool, GrpcBackend(target, timeout=0.5, retries=0) as client:
+            accepting = pool.submit(drop_connections)
+            try:
+                end = time.monotonic() + 6.0
+                while time.monotonic() < end:
+                    with pytest.raises((BackendUnavailable, BackendTimeout)):
+                        client.predict(batch_of(1))
+                    time.sleep(0.02)
+            finally:
+                stop.set()
+            accepting.result()
+    gaps = np.diff(attempts)
+    assert len(attempts) >= 10, attempts
+    assert gaps.max() < 0.5 * 1.2 + 0.15, gaps.round(3).tolist()
 
 
 def test_bad_batches_are_caller_errors(fake):
@@ -356,6 +395,20 @@ def test_rest_deadline_is_backend_timeout(rest):
     with RestBackend(url, version=1, timeout=0.2) as client, pytest.raises(BackendTimeout):
         client.predict(batch_of(1))
     assert len(state.calls) == 1
+
+
+def test_rest_version_lookup_shares_the_predict_deadline(rest):
+    state, url = rest
+    state.delay = 0.3  # each answer takes 0.3 s: the prediction, then the status (for the version)
+    with RestBackend(url, timeout=1.0) as client:
+        assert client.predict(batch_of(1)).model_version == 2  # 0.6 s in all: in time
+    state.calls = []
+    with RestBackend(url, timeout=0.5) as client:
+        started = time.monotonic()
+        with pytest.raises(BackendTimeout):
+            client.predict(batch_of(1))
+        assert time.monotonic() - started < 0.5 + 0.15  # not 0.5 s more for the lookup
+    assert [c[0] for c in state.calls] == ["POST", "GET"]
 
 
 def test_rest_nothing_listening_is_unavailable():

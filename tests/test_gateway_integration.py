@@ -11,12 +11,13 @@ version exported while requests flow (answered by it, no failed request), SIGTER
 from __future__ import annotations
 
 import io
+import itertools
 import os
 import shutil
 import signal
 import subprocess
-import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -27,6 +28,9 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from loadtest.servers import free_ports, start_gateway, start_modelserver
 from serving.contract import list_versions
+from tests.support.modelserver import writable_copy
+from tests.support.traffic import Traffic, post_image
+from tests.support.workers import predictions_by_worker, wait_for_workers
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -43,16 +47,12 @@ def _copy_version(base: Path, src: int, dst: int) -> None:
 
 @pytest.fixture(scope="module")
 def ms_base(exported_model, tmp_path_factory) -> Path:
-    base = tmp_path_factory.mktemp("gw-ms") / "fashion_mnist"
-    shutil.copytree(exported_model, base)
-    return base
+    return writable_copy(exported_model, tmp_path_factory.mktemp("gw-ms"))
 
 
 @pytest.fixture(scope="module")
 def embedded_base(exported_model, tmp_path_factory) -> Path:
-    base = tmp_path_factory.mktemp("gw-emb") / "fashion_mnist"
-    shutil.copytree(exported_model, base)
-    return base
+    return writable_copy(exported_model, tmp_path_factory.mktemp("gw-emb"))
 
 
 @pytest.fixture(scope="module")
@@ -216,26 +216,26 @@ def test_prediction_body_and_request_id(gateways, test_pngs):
 def test_metrics_sum_over_both_workers(gateways, test_pngs):
     gw = gateways["rest"]
     _, pngs = test_pngs
-    before = _metrics(gw.url).get(PREDICT_OK, 0.0)
-    n = 40
-
-    def send(i: int) -> int:
-        r = requests.post(
-            f"{gw.url}/v1/predict", data=pngs[i], headers={"Content-Type": "image/png"}, timeout=30
-        )
-        return r.status_code
-
-    threads = [threading.Thread(target=lambda i=i: codes.append(send(i))) for i in range(n)]
-    codes: list[int] = []
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    assert codes == [200] * n
+    workers = wait_for_workers(gw, 2)
+    before_scrape = _metrics(gw.url).get(PREDICT_OK, 0.0)
+    before = predictions_by_worker(gw.metrics_dir)
+    sent = 0
+    with ThreadPoolExecutor(8) as pool:
+        # Rounds of 16 requests (a new connection each) until each worker's own counter file
+        # shows it answered some: only then does a scrape's total prove a sum over workers.
+        while True:
+            outcomes = list(pool.map(lambda i: post_image(gw.url, pngs[i % N_IMAGES]), range(16)))
+            assert [o.status for o in outcomes] == [200] * 16, outcomes
+            sent += 16
+            now = predictions_by_worker(gw.metrics_dir)
+            served = {pid: now.get(pid, 0.0) - before.get(pid, 0.0) for pid in now}
+            if all(served.get(pid, 0.0) >= 5 for pid in workers):
+                break
+            assert sent < 480, f"one worker did (almost) all the work: {served}"
+    assert set(served) >= workers and sum(served.values()) == sent
     # Whichever worker answers the scrape, it reports the sum over both workers.
     for _ in range(6):
-        assert _metrics(gw.url)[PREDICT_OK] - before == n
-    assert len(_worker_pids(gw.metrics_dir)) == 2
+        assert _metrics(gw.url)[PREDICT_OK] - before_scrape == sent
 
 
 def _worker_pids(metrics_dir: Path) -> set[int]:
@@ -286,13 +286,10 @@ def test_multiprocess_metrics_pass_promtool(gateways, test_pngs):
 
 
 # -- version swaps --------------------------------------------------------------------------------
-def _hammer(url: str, png: bytes, stop: threading.Event, out: list) -> None:
-    with requests.Session() as s:
-        while not stop.is_set():
-            r = s.post(
-                f"{url}/v1/predict", data=png, headers={"Content-Type": "image/png"}, timeout=30
-            )
-            out.append((r.status_code, r.json().get("model_version")))
+def _model_version_answered(url: str, png: bytes) -> tuple[int | None, int | None]:
+    """(status, model_version) of one prediction; (None, None) when the connection failed."""
+    o = post_image(url, png)
+    return o.status, o.body.get("model_version") if isinstance(o.body, dict) else None
 
 
 @pytest.mark.parametrize(
@@ -303,26 +300,18 @@ def test_new_version_takes_over_without_failures(gateways, test_pngs, request, k
     base: Path = request.getfixturevalue(base_fixture)
     new = list_versions(base)[-1] + 1
     _, pngs = test_pngs
-    stop, results = threading.Event(), []
-    workers = [
-        threading.Thread(target=_hammer, args=(url, pngs[i], stop, results)) for i in range(4)
-    ]
-    for t in workers:
-        t.start()
-    try:
-        time.sleep(0.5)
+    images = itertools.cycle(pngs[:4])
+    # A thread that raises fails the test when the block ends (Traffic re-raises).
+    with Traffic(lambda: _model_version_answered(url, next(images)), threads=4) as traffic:
+        traffic.wait_for(lambda out: len(out) >= 8, 30, "answers from the old version")
         _copy_version(base, new - 1, new)
-        deadline = time.monotonic() + 60
         # until a few answers in a row came from the new version (every worker switched)
-        while time.monotonic() < deadline:
-            tail = results[-20:]
-            if len(tail) == 20 and all(v == new for _, v in tail):
-                break
-            time.sleep(0.2)
-    finally:
-        stop.set()
-        for t in workers:
-            t.join()
+        traffic.wait_for(
+            lambda out: len(out) >= 20 and all(v == new for _, v in out[-20:]),
+            60,
+            f"20 answers in a row from version {new}",
+        )
+    results = traffic.outcomes
     codes = {c for c, _ in results}
     assert codes == {200}, f"failed requests during the swap: {sorted(codes)}"
     versions = [v for _, v in results]

@@ -100,7 +100,12 @@ class EmbeddedBackend(ClosesOnExit):
         return probs, np.full(len(probs), version, dtype=np.int64)
 
     def predict(self, batch: np.ndarray) -> PredictResult:
-        """Queue ``batch`` for the next merged model call and wait (up to the timeout)."""
+        """Queue ``batch`` for the next merged model call and wait (up to the timeout).
+
+        One deadline covers the whole call: waiting for the first load, and the second run
+        after a version swap.
+        """
+        deadline = time.monotonic() + self.timeout
         timeout = self.timeout
         if not self._seen_available:
             timeout = self._wait_first_load(timeout)
@@ -108,8 +113,12 @@ class EmbeddedBackend(ClosesOnExit):
             probs, versions = self.batcher.submit(batch, timeout=timeout)
             if len(batch) > self.batcher.max_batch_size and versions.min() != versions.max():
                 # The request was split into several model calls and a version swap fell
-                # between them: run it again, so one version answers every row.
-                probs, versions = self.batcher.submit(batch, timeout=timeout)
+                # between them: run it again, so one version answers every row -- within
+                # what is left of the same deadline.
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise TimeoutError
+                probs, versions = self.batcher.submit(batch, timeout=left)
         except TimeoutError:
             raise BackendTimeout(f"model did not answer within {self.timeout:g}s") from None
         except ServableNotFound as exc:

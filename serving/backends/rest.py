@@ -166,7 +166,16 @@ class RestBackend(ClosesOnExit):
     def __repr__(self) -> str:
         return f"RestBackend({self._model_url!r})"
 
-    def _request(self, method: str, url: str, what: str, body: bytes | None = None) -> Any:
+    def _request(
+        self,
+        method: str,
+        url: str,
+        what: str,
+        body: bytes | None = None,
+        timeout: float | None = None,
+    ) -> Any:
+        """One call within ``timeout`` s (default: the backend's), retries included."""
+
         def attempt(remaining: float) -> Any:
             try:
                 response = self._session.request(
@@ -193,7 +202,9 @@ class RestBackend(ClosesOnExit):
             except ValueError:
                 raise BackendBadResponse(f"{what}: response is not JSON") from None
 
-        return call_with_retries(attempt, timeout=self.timeout, retries=self.retries, what=what)
+        return call_with_retries(
+            attempt, timeout=timeout or self.timeout, retries=self.retries, what=what
+        )
 
     def predict(self, batch: np.ndarray) -> PredictResult:
         """Classify a float32 ``[N, 28, 28, 1]`` batch → probabilities ``[N, 10]`` + model version."""
@@ -207,11 +218,15 @@ class RestBackend(ClosesOnExit):
             )
         )
         what = f"POST {self._predict_url}"
+        # One deadline for the call: the model status lookup (for the version) gets what the
+        # prediction left, not a fresh timeout.
+        deadline = time.monotonic() + self.timeout
         payload = self._request("POST", self._predict_url, what, body)
         probabilities = _read_probabilities(payload, arr.shape[0], what)
-        return PredictResult(probabilities=probabilities, model_version=self._model_version())
+        version = self._model_version(deadline)
+        return PredictResult(probabilities=probabilities, model_version=version)
 
-    def _model_version(self) -> int:
+    def _model_version(self, deadline: float) -> int:
         if self.version is not None:
             return int(self.version)
         now = time.monotonic()
@@ -219,7 +234,12 @@ class RestBackend(ClosesOnExit):
             cached = self._cached_version
         if cached is not None and cached[0] > now:
             return cached[1]
-        statuses = self.status()
+        left = deadline - now
+        if left <= 0:
+            raise BackendTimeout(
+                f"GET {self._model_url}: no time left within {self.timeout:g} s for the version"
+            )
+        statuses = self._status(left)
         available = [s.version for s in statuses if s.state == "AVAILABLE"]
         version = max(available or [s.version for s in statuses] or [0])
         with self._version_lock:
@@ -228,8 +248,11 @@ class RestBackend(ClosesOnExit):
 
     def status(self) -> list[VersionStatus]:
         """The model's versions and their states, newest first (only the pinned one when pinned)."""
+        return self._status(self.timeout)
+
+    def _status(self, timeout: float) -> list[VersionStatus]:
         what = f"GET {self._model_url}"
-        payload = self._request("GET", self._model_url, what)
+        payload = self._request("GET", self._model_url, what, timeout=timeout)
         entries = payload.get("model_version_status") if isinstance(payload, dict) else None
         if not isinstance(entries, list):
             raise BackendBadResponse(f"{what}: no model_version_status list in the response")

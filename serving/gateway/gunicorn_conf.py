@@ -8,7 +8,8 @@ Choices that are not obvious:
 
 - ``gthread`` workers: the views block on the backend (gRPC/REST call or the embedded
   micro-batcher), so several threads per worker keep the CPU busy and, in embedded mode, give
-  the batcher concurrent requests to merge.
+  the batcher concurrent requests to merge. The class is `serving.gateway.worker.GatewayWorker`,
+  gthread closing its listening sockets as soon as a graceful stop begins.
 - ``preload_app = False``: the app (and so the backend) is built in each worker *after* the
   fork. gRPC channels and the TensorFlow runtime do not survive a fork, and prometheus-client
   must see ``PROMETHEUS_MULTIPROC_DIR`` before its first import.
@@ -38,7 +39,8 @@ _cfg = GatewayConfig.from_env()
 wsgi_app = "serving.gateway.app:create_app()"
 bind = [f"[{_cfg.host}]:{_cfg.port}" if ":" in _cfg.host else f"{_cfg.host}:{_cfg.port}"]
 workers = _cfg.workers
-worker_class = "gthread"
+# gthread, except that a stopping worker refuses new connections at once (see its docstring).
+worker_class = "serving.gateway.worker.GatewayWorker"
 threads = _cfg.threads
 timeout = _cfg.worker_timeout_seconds
 graceful_timeout = _cfg.graceful_timeout_seconds
