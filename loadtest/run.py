@@ -19,6 +19,9 @@ import json
 import re
 import subprocess
 import sys
+import time
+import urllib.error
+import urllib.request
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,12 +30,13 @@ from typing import Any
 from matplotlib.figure import Figure  # no pyplot: no GUI backend, nothing global
 
 from loadtest.modelclient import BackendError, connect
-from loadtest.servers import ROOT, http_ok, model_available
+from loadtest.servers import ROOT, model_available
 from loadtest.targets import TARGETS, payload_kinds
 
 LOCUSTFILE = ROOT / "loadtest" / "locustfile.py"
 LOCUST_CONF = ROOT / "loadtest" / "locust.conf"
 CSV_PREFIX = "locust"
+READY_GRACE_SECONDS = 60.0
 STATS_JSON = "locust_stats_final"  # Locust's --json-file (it adds .json): written after the end
 #: What a run measured (compare's table shows these per row).
 MEASUREMENT_KEYS = (
@@ -125,8 +129,7 @@ class LoadSpec:
 def check_reachable(spec: LoadSpec) -> None:
     """`Unreachable` unless the target answers as ready (so a typo fails in a second)."""
     if spec.target == "gateway":
-        if not http_ok(f"{spec.host.rstrip('/')}/readyz"):
-            raise Unreachable(f"gateway {spec.host} is not reachable or not ready (GET /readyz)")
+        _wait_gateway_ready(spec.host.rstrip("/"))
     elif spec.target == "rest":
         if not model_available(spec.host.rstrip("/")):
             raise Unreachable(f"no model AVAILABLE at {spec.host} (GET /v1/models/<name>)")
@@ -143,6 +146,27 @@ def check_reachable(spec: LoadSpec) -> None:
             client.close()
         if not any(s.state == "AVAILABLE" for s in states):
             raise Unreachable(f"gRPC model server {spec.host} has no version AVAILABLE")
+
+
+def _wait_gateway_ready(host: str) -> None:
+    """Return once ``GET /readyz`` answers 200; `Unreachable` if nothing answers, or if it
+    keeps answering "not ready" for `READY_GRACE_SECONDS` (each gunicorn worker loads its own
+    model, so right after start-up one worker may answer 503 while the other serves)."""
+    grace = READY_GRACE_SECONDS
+    deadline = time.monotonic() + grace
+    while True:
+        try:
+            with urllib.request.urlopen(f"{host}/readyz", timeout=5) as resp:
+                if resp.status == 200:
+                    return
+        except urllib.error.HTTPError as exc:
+            if exc.code != 503:
+                raise Unreachable(f"gateway {host}: GET /readyz answered {exc.code}") from None
+        except (urllib.error.URLError, OSError) as exc:
+            raise Unreachable(f"gateway {host} is not reachable (GET /readyz: {exc})") from None
+        if time.monotonic() >= deadline:
+            raise Unreachable(f"gateway {host} is not ready after {grace:g}s (GET /readyz: 503)")
+        time.sleep(0.2)
 
 
 def locust_argv(spec: LoadSpec) -> list[str]:

@@ -185,6 +185,7 @@ class Batcher:
         with self._cond:
             if self._closed:
                 raise BatcherClosed(f"{self.name} is closed")
+            was_empty = not self._queue
             needed = math.ceil((self._queued_rows + rows) / self.max_batch_size)
             if needed > self.max_enqueued_batches:
                 raise QueueFullError(
@@ -197,7 +198,11 @@ class Batcher:
                 chunk = batch if n_chunks == 1 else _slice(batch, start, stop)
                 self._queue.append(_Task(request, i, chunk, stop - start, now))
             self._queued_rows += rows
-            self._cond.notify_all()
+            # Wake the batch threads only when it changes what they wait for: the first
+            # request (they sleep until one comes) or a full batch (no need to wait out the
+            # timeout). Waking them on every request costs a thread switch each.
+            if was_empty or self._queued_rows >= self.max_batch_size:
+                self._cond.notify_all()
         assert request.event is not None
         if not request.event.wait(timeout):
             raise TimeoutError(f"{self.name}: no result within {timeout}s")

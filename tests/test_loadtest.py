@@ -8,10 +8,12 @@ or double-counted them would fail.
 
 from __future__ import annotations
 
+import http.server
 import json
 import os
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import pytest
@@ -20,7 +22,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from loadtest.__main__ import main
 from loadtest.images import load_images
-from loadtest.run import SUMMARY_KEYS, LoadSpec, aggregate, run_load
+from loadtest.run import SUMMARY_KEYS, LoadSpec, Unreachable, aggregate, check_reachable, run_load
 from loadtest.servers import ROOT, start_gateway, start_modelserver
 from serving.contract import MODEL_NAME
 
@@ -115,7 +117,7 @@ def test_aggregate_matches_locusts_percentile_rule():
         (["--max-fail-ratio", "1.5"], "between 0 and 1"),
         (["--payload", "png", "--batch-size", "4"], "one raw image per request"),
         (["--target", "grpc"], "takes grpc://host:port"),
-        ([], "is not reachable or not ready"),  # nothing listens on port 1
+        ([], "is not reachable (GET /readyz"),  # nothing listens on port 1
     ],
 )
 def test_run_usage_errors_are_one_line_exit_2(tmp_path, capsys, args, message):
@@ -126,6 +128,51 @@ def test_run_usage_errors_are_one_line_exit_2(tmp_path, capsys, args, message):
     assert message in err
     assert len(err.strip().splitlines()) == 1, err
     assert not (tmp_path / "summary.json").exists()
+
+
+class _Readyz(http.server.BaseHTTPRequestHandler):
+    """GET /readyz: 503 for the first ``not_ready`` requests, then 200."""
+
+    not_ready = 0
+    seen = 0
+
+    def do_GET(self) -> None:
+        type(self).seen += 1
+        code = 503 if type(self).seen <= type(self).not_ready else 200
+        self.send_response(code)
+        self.send_header("Content-Length", "0")
+        self.end_headers()
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+@pytest.fixture
+def readyz_server():
+    handler = type("Handler", (_Readyz,), {})
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield handler, f"http://127.0.0.1:{server.server_port}"
+    server.shutdown()
+    server.server_close()
+
+
+def test_gateway_not_ready_yet_is_waited_for(readyz_server, tmp_path):
+    """One worker still loading its model answers 503: the load waits instead of failing."""
+    handler, url = readyz_server
+    handler.not_ready = 3
+    check_reachable(LoadSpec("gateway", url, 1, 1, "1s", tmp_path))
+    assert handler.seen == 4
+
+
+def test_gateway_that_stays_unready_is_unreachable(readyz_server, tmp_path, monkeypatch):
+    handler, url = readyz_server
+    handler.not_ready = 10**6
+    monkeypatch.setattr("loadtest.run.READY_GRACE_SECONDS", 0.5)
+    with pytest.raises(Unreachable, match=r"is not ready after 0.5s \(GET /readyz: 503\)"):
+        check_reachable(LoadSpec("gateway", url, 1, 1, "1s", tmp_path))
+    assert 2 <= handler.seen <= 5
 
 
 def test_cli_unreachable_grpc_host_exit_2(tmp_path):
