@@ -21,7 +21,10 @@ BATCH = np.zeros((1, 28, 28, 1), np.float32)
 def _read_request(conn: socket.socket) -> None:
     data = b""
     while b"\r\n\r\n" not in data:
-        data += conn.recv(65536)
+        chunk = conn.recv(65536)
+        if not chunk:
+            raise ConnectionResetError("the client closed the connection")
+        data += chunk
     head, body = data.split(b"\r\n\r\n", 1)
     length = next(
         (
@@ -36,10 +39,15 @@ def _read_request(conn: socket.socket) -> None:
 
 
 @contextlib.contextmanager
-def misbehaving_server(answer: Callable[[socket.socket], None]) -> Iterator[str]:
-    """Accepts connections on loopback; reads each request, then lets ``answer`` reply."""
+def misbehaving_server(
+    answer: Callable[[socket.socket], None],
+) -> Iterator[tuple[str, list[socket.socket]]]:
+    """Accepts connections on loopback; reads each request, then lets ``answer`` reply.
+
+    Yields the base URL and the list of accepted connections."""
     listener = socket.create_server(("127.0.0.1", 0))
     stop = threading.Event()
+    accepted = []
 
     def serve() -> None:
         listener.settimeout(0.1)
@@ -48,6 +56,7 @@ def misbehaving_server(answer: Callable[[socket.socket], None]) -> Iterator[str]
                 conn, _ = listener.accept()
             except TimeoutError:
                 continue
+            accepted.append(conn)
             with conn:
                 try:
                     _read_request(conn)
@@ -58,7 +67,7 @@ def misbehaving_server(answer: Callable[[socket.socket], None]) -> Iterator[str]
     thread = threading.Thread(target=serve, daemon=True)
     thread.start()
     try:
-        yield f"http://127.0.0.1:{listener.getsockname()[1]}"
+        yield f"http://127.0.0.1:{listener.getsockname()[1]}", accepted
     finally:
         stop.set()
         thread.join(5)
@@ -78,24 +87,10 @@ def trickle(delay: float, in_headers: bool) -> Callable[[socket.socket], None]:
     return answer
 
 
-@pytest.mark.parametrize(
-    "in_headers",
-    [
-        pytest.param(False, id="body"),
-        pytest.param(
-            True,
-            id="headers",
-            marks=pytest.mark.xfail(
-                strict=True,
-                reason="known gap: http.client reads the status line and headers with the "
-                "per-read timeout only, so trickled headers outlast the deadline",
-            ),
-        ),
-    ],
-)
+@pytest.mark.parametrize("in_headers", [False, True], ids=["body", "headers"])
 def test_a_trickled_answer_cannot_outlast_the_deadline(in_headers):
     # one byte every 0.1 s: each read is quick, the answer would take 40+ s
-    with misbehaving_server(trickle(0.1, in_headers)) as url:
+    with misbehaving_server(trickle(0.1, in_headers)) as (url, _accepted):
         backend = RestBackend(url, version=1, timeout=1.0, retries=0)
         start = time.monotonic()
         with pytest.raises(BackendTimeout):
@@ -114,7 +109,7 @@ def test_an_oversized_answer_is_refused_while_reading():
         for _ in range(200):  # 13 MB, no Content-Length
             conn.sendall(chunk)
 
-    with misbehaving_server(answer) as url:
+    with misbehaving_server(answer) as (url, _accepted):
         backend = RestBackend(url, version=1, timeout=10.0, retries=0, max_response_bytes=1_000_000)
         with pytest.raises(BackendBadResponse, match="response is over 1000000 bytes"):
             backend.predict(BATCH)
@@ -126,10 +121,29 @@ def test_a_declared_oversized_answer_is_refused_unread():
         conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 999999999\r\n\r\n")
         time.sleep(2)
 
-    with misbehaving_server(answer) as url:
+    with misbehaving_server(answer) as (url, _accepted):
         backend = RestBackend(url, version=1, timeout=10.0, retries=0, max_response_bytes=1000)
         start = time.monotonic()
         with pytest.raises(BackendBadResponse, match="response of 999999999 bytes is over 1000"):
             backend.predict(BATCH)
         assert time.monotonic() - start < 1.0
         backend.close()
+
+
+def test_well_behaved_answers_still_share_one_keep_alive_connection():
+    answer_body = b'{"outputs": [[0.1, 0.1, 0.1, 0.1, 0.1, 0.1, 0.1, 0.1, 0.1, 0.1]]}'
+
+    def answer(conn: socket.socket) -> None:
+        while True:  # one connection, many requests, until the client closes it
+            conn.sendall(
+                b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
+                b"Content-Length: %d\r\n\r\n%s" % (len(answer_body), answer_body)
+            )
+            _read_request(conn)
+
+    with misbehaving_server(answer) as (url, accepted):
+        backend = RestBackend(url, version=1, timeout=5.0, retries=0)
+        for _ in range(3):
+            assert backend.predict(BATCH).probabilities.shape == (1, 10)
+        backend.close()
+        assert len(accepted) == 1

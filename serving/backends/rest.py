@@ -27,6 +27,7 @@ import numpy as np
 import requests
 import urllib3
 
+from serving.backends.deadline_http import DeadlineAdapter, deadline
 from serving.backends.errors import (
     UNKNOWN_LABEL,
     BackendBadResponse,
@@ -165,7 +166,7 @@ class RestBackend(ClosesOnExit):
         self._model_url = path
         self._predict_url = path + ":predict"
         self._session = requests.Session()
-        adapter = requests.adapters.HTTPAdapter(pool_connections=1, pool_maxsize=_POOL_SIZE)
+        adapter = DeadlineAdapter(pool_connections=1, pool_maxsize=_POOL_SIZE)
         self._session.mount("http://", adapter)
         self._session.mount("https://", adapter)
         self._version_lock = threading.Lock()
@@ -176,36 +177,45 @@ class RestBackend(ClosesOnExit):
 
     def _request(self, method: str, url: str, what: str, body: bytes | None = None) -> Any:
         def attempt(remaining: float) -> Any:
-            deadline = time.monotonic() + remaining
-            try:
-                response = self._session.request(
-                    method,
-                    url,
-                    data=body,
-                    headers=_JSON_HEADERS if body is not None else _GET_HEADERS,
-                    timeout=(remaining, remaining),
-                    stream=True,
-                )
-            except requests.exceptions.ConnectTimeout:
-                raise BackendTimeout(
-                    f"{what}: connecting took longer than {remaining:.3g} s"
-                ) from None
-            except requests.exceptions.Timeout:
-                raise BackendTimeout(f"{what}: no answer within {remaining:.3g} s") from None
-            except requests.exceptions.ConnectionError as exc:
-                raise BackendUnavailable(f"{what}: {_short(exc)}") from None
-            except requests.exceptions.RequestException as exc:
-                raise BackendError(f"{what}: {_short(exc)}") from None
-            with response:
-                data = _read_body(response, deadline, self.max_response_bytes, what)
-            if response.status_code != 200:
-                raise _map_http_error(response, what, data)
-            try:
-                return json.loads(data)
-            except ValueError:
-                raise BackendBadResponse(f"{what}: response is not JSON") from None
+            # Every socket read of this call ends at the deadline (serving.backends.deadline_http).
+            at = time.monotonic() + remaining
+            with deadline(at):
+                return self._attempt(method, url, what, body, remaining, at)
 
         return call_with_retries(attempt, timeout=self.timeout, retries=self.retries, what=what)
+
+    def _attempt(
+        self, method: str, url: str, what: str, body: bytes | None, remaining: float, at: float
+    ) -> Any:
+        try:
+            response = self._session.request(
+                method,
+                url,
+                data=body,
+                headers=_JSON_HEADERS if body is not None else _GET_HEADERS,
+                timeout=(remaining, remaining),
+                stream=True,
+            )
+        except requests.exceptions.ConnectTimeout:
+            raise BackendTimeout(f"{what}: connecting took longer than {remaining:.3g} s") from None
+        except requests.exceptions.Timeout:
+            raise BackendTimeout(f"{what}: no answer within {remaining:.3g} s") from None
+        except requests.exceptions.ConnectionError as exc:
+            raise BackendUnavailable(f"{what}: {_short(exc)}") from None
+        except requests.exceptions.RequestException as exc:
+            raise BackendError(f"{what}: {_short(exc)}") from None
+        try:
+            data = _read_body(response, at, self.max_response_bytes, what)
+        except BaseException:
+            response.close()  # drops the connection: the rest of the body is never read
+            raise
+        response.raw.release_conn()  # fully read: back to the keep-alive pool
+        if response.status_code != 200:
+            raise _map_http_error(response, what, data)
+        try:
+            return json.loads(data)
+        except ValueError:
+            raise BackendBadResponse(f"{what}: response is not JSON") from None
 
     def predict(self, batch: np.ndarray) -> PredictResult:
         """Classify a float32 ``[N, 28, 28, 1]`` batch → probabilities ``[N, 10]`` + model version."""
