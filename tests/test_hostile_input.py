@@ -43,7 +43,7 @@ pytestmark = pytest.mark.filterwarnings("ignore:overflow encountered in cast:Run
 
 _SLOW_DATA = [HealthCheck.too_slow, HealthCheck.large_base_example, HealthCheck.data_too_large]
 FEW = settings(max_examples=100, suppress_health_check=_SLOW_DATA)
-MORE = settings(max_examples=200, suppress_health_check=_SLOW_DATA)
+MORE = settings(max_examples=150, suppress_health_check=_SLOW_DATA)
 FORMATS = ("PNG", "JPEG", "GIF", "BMP", "WEBP")
 MAGICS = (b"\x89PNG\r\n\x1a\n", b"\xff\xd8\xff", b"GIF87a", b"GIF89a", b"BM", b"RIFF")
 
@@ -304,7 +304,7 @@ JSON_VALUES = st.recursive(
     lambda inner: (
         st.lists(inner, max_size=6) | st.dictionaries(st.text(max_size=3), inner, max_size=3)
     ),
-    max_leaves=40,
+    max_leaves=24,
 )
 
 
@@ -325,7 +325,7 @@ def test_array_to_input_on_any_json_value(value):
     assert_model_input(x)
 
 
-@FEW
+@settings(max_examples=60, suppress_health_check=_SLOW_DATA)
 @given(
     st.lists(
         st.one_of(
