@@ -27,7 +27,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import math
 import sys
 from collections.abc import Sequence
 
@@ -39,6 +38,7 @@ from client.errors import (
     ClientTimeout,
     ServerError,
 )
+from serving.cli_numbers import POSITIVE_FLOAT, POSITIVE_INT
 from serving.contract import GATEWAY_PORT
 
 EXIT_OK, EXIT_USAGE, EXIT_INPUT, EXIT_UNREACHABLE, EXIT_SERVER = 0, 2, 3, 4, 5
@@ -109,9 +109,20 @@ def _one_line(message: str) -> str:
 
 def run(args: argparse.Namespace) -> int:
     """Execute a parsed ``predict`` command; return the exit code."""
-    if not (math.isfinite(args.timeout) and args.timeout > 0) or args.batch_size < 1:
-        print("error: --timeout must be a finite number > 0 and --batch-size >= 1", file=sys.stderr)
-        return EXIT_USAGE
+    # Checked here rather than as argparse types: argparse's own errors print the usage too,
+    # and these keep the one-line "error: ..." form of every other error of this CLI.
+    for flag, rule, value in (
+        ("--timeout", POSITIVE_FLOAT, args.timeout),
+        ("--batch-size", POSITIVE_INT, args.batch_size),
+        ("--model-version", POSITIVE_INT, args.model_version),
+    ):
+        if value is None:
+            continue
+        try:
+            rule.check(value)
+        except ValueError as exc:
+            print(f"error: argument {flag}: {exc}", file=sys.stderr)
+            return EXIT_USAGE
     pinned = args.model_version is not None or args.model_label is not None
     if pinned and not (args.grpc or args.rest):
         print(

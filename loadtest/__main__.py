@@ -31,13 +31,13 @@ import json
 import logging
 import os
 import sys
-from collections.abc import Callable
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import NoReturn
 
 from loadtest import compare
 from loadtest.run import LoadSpec, LoadTestError, Unreachable, parse_duration, run_load
 from loadtest.targets import PAYLOADS, TARGETS
+from serving.cli_numbers import POSITIVE_FLOAT, POSITIVE_INT, RATIO
 
 EXIT_OK, EXIT_THRESHOLD, EXIT_USAGE, EXIT_LOCUST = 0, 1, 2, 3
 
@@ -57,33 +57,11 @@ def _duration(text: str) -> str:
     return text
 
 
-def _checked(
-    convert: Callable[[str], float], noun: str, ok: Callable[[float], bool], bound: str
-) -> Callable[[str], Any]:
-    """An argparse ``type``: ``convert`` the text ("expected NOUN"), then require ``ok(value)``."""
-
-    def parse(text: str) -> Any:
-        try:
-            value = convert(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"expected {noun}, got {text!r}") from None
-        if not ok(value):
-            raise argparse.ArgumentTypeError(f"must be {bound}, got {text}")
-        return value
-
-    return parse
-
-
-_positive_int = _checked(int, "a whole number", lambda v: v >= 1, ">= 1")
-_positive_float = _checked(float, "a number", lambda v: 0 < v < float("inf"), "a finite number > 0")
-_ratio = _checked(float, "a number", lambda v: 0.0 <= v <= 1.0, "between 0 and 1")
-
-
 def _add_load_args(p: argparse.ArgumentParser, *, users: int, duration: str) -> None:
-    p.add_argument("--users", type=_positive_int, default=users, help=f"concurrent users ({users})")
+    p.add_argument("--users", type=POSITIVE_INT, default=users, help=f"concurrent users ({users})")
     p.add_argument(
         "--spawn-rate",
-        type=_positive_float,
+        type=POSITIVE_FLOAT,
         default=None,
         help="users started per second (default: all at once, = --users)",
     )
@@ -95,13 +73,13 @@ def _add_load_args(p: argparse.ArgumentParser, *, users: int, duration: str) -> 
     )
     p.add_argument(
         "--images",
-        type=_positive_int,
+        type=POSITIVE_INT,
         default=1000,
         help="test images to cycle through (1000)",
     )
     p.add_argument(
         "--processes",
-        type=_positive_int,
+        type=POSITIVE_INT,
         default=1,
         help="Locust processes (>1 runs a master and workers; 1)",
     )
@@ -131,7 +109,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _add_load_args(run, users=32, duration="30s")
     run.add_argument("--out", type=Path, required=True, help="folder for the artefacts")
-    run.add_argument("--batch-size", type=_positive_int, default=1, help="images per request (1)")
+    run.add_argument("--batch-size", type=POSITIVE_INT, default=1, help="images per request (1)")
     run.add_argument(
         "--payload",
         choices=PAYLOADS,
@@ -141,19 +119,19 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--peer", default="", help="with --target peer: which peer")
     run.add_argument(
         "--max-fail-ratio",
-        type=_ratio,
+        type=RATIO,
         default=0.0,
         help="exit 1 if failed/requests exceeds this (0: any failure)",
     )
     run.add_argument(
         "--max-p99-ms",
-        type=_positive_float,
+        type=POSITIVE_FLOAT,
         default=None,
         help="exit 1 if the 99th percentile latency exceeds this many ms",
     )
     run.add_argument(
         "--request-timeout",
-        type=_positive_float,
+        type=POSITIVE_FLOAT,
         default=10.0,
         help="seconds before a request counts as failed (10)",
     )
@@ -183,10 +161,10 @@ def build_parser() -> argparse.ArgumentParser:
         "patterns, e.g. 'gateway*' peer",
     )
     cmp_.add_argument(
-        "--workers", type=_positive_int, default=None, help="GATEWAY_WORKERS of gateway and floors"
+        "--workers", type=POSITIVE_INT, default=None, help="GATEWAY_WORKERS of gateway and floors"
     )
     cmp_.add_argument(
-        "--threads", type=_positive_int, default=None, help="GATEWAY_THREADS of gateway and floors"
+        "--threads", type=POSITIVE_INT, default=None, help="GATEWAY_THREADS of gateway and floors"
     )
     cmp_.add_argument(
         "--list", action="store_true", help="list the rows and whether each can run, then exit"

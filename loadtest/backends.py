@@ -27,6 +27,7 @@ from serving.backends import _protos
 from serving.backends.errors import BackendError
 from serving.backends.grpc import GrpcBackend
 from serving.backends.rest import RestBackend, encode_batch_json
+from serving.cli_numbers import POSITIVE_INT
 from serving.contract import INPUT_KEY, MODEL_NAME
 
 
@@ -121,7 +122,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--sizes", default="1,8,64", help="comma-separated batch sizes (default 1,8,64)"
     )
-    parser.add_argument("--calls", type=int, default=200, help="round trips per size (default 200)")
+    parser.add_argument(
+        "--calls", type=POSITIVE_INT, default=200, help="round trips per size (default 200)"
+    )
     args = parser.parse_args(argv)
     try:
         sizes = [int(s) for s in args.sizes.split(",")]

@@ -47,6 +47,7 @@ from loadtest.compare import gateway_env_from
 from loadtest.floors import start_floor
 from loadtest.servers import Server, StartError, start_gateway, start_gunicorn_app
 from serving.backends import PredictResult, VersionStatus
+from serving.cli_numbers import POSITIVE_FLOAT, POSITIVE_INT
 from serving.contract import NUM_CLASSES
 from serving.gateway import create_app
 
@@ -165,10 +166,12 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
         default="tests/support/images/ankle_boot.png",
         help="PNG sent with every request",
     )
-    p.add_argument("--connections", type=int, default=32, help="concurrent connections (32)")
-    p.add_argument("--duration", type=float, default=10.0, help="seconds per wrk run (10)")
-    p.add_argument("--rounds", type=int, default=3, help="alternating rounds (3)")
-    p.add_argument("--wrk-threads", type=int, default=2, help="wrk threads (2)")
+    p.add_argument(
+        "--connections", type=POSITIVE_INT, default=32, help="concurrent connections (32)"
+    )
+    p.add_argument("--duration", type=POSITIVE_FLOAT, default=10.0, help="seconds per wrk run (10)")
+    p.add_argument("--rounds", type=POSITIVE_INT, default=3, help="alternating rounds (3)")
+    p.add_argument("--wrk-threads", type=POSITIVE_INT, default=2, help="wrk threads (2)")
     p.add_argument(
         "--only",
         nargs="+",

@@ -54,6 +54,7 @@ from locust.runners import MasterRunner, WorkerRunner
 from loadtest.images import ImageSet, load_images
 from loadtest.modelclient import BackendError, connect
 from loadtest.targets import PAYLOADS, TARGETS, payload_kinds
+from serving.cli_numbers import POSITIVE_FLOAT, POSITIVE_INT
 from serving.contract import CLASS_NAMES, MODEL_NAME, NUM_CLASSES
 
 # gRPC's own threads must cooperate with gevent (Locust's concurrency); before any channel.
@@ -77,7 +78,7 @@ def _add_arguments(parser: Any) -> None:
     )
     group.add_argument(
         "--batch-size",
-        type=int,
+        type=POSITIVE_INT,
         default=1,
         env_var="LOCUST_BATCH_SIZE",
         help="images per request (default 1)",
@@ -98,14 +99,14 @@ def _add_arguments(parser: Any) -> None:
     )
     group.add_argument(
         "--images",
-        type=int,
+        type=POSITIVE_INT,
         default=1000,
         env_var="LOCUST_IMAGES",
         help="how many test images to cycle through (default 1000)",
     )
     group.add_argument(
         "--request-timeout",
-        type=float,
+        type=POSITIVE_FLOAT,
         default=10.0,
         env_var="LOCUST_REQUEST_TIMEOUT",
         help="seconds before a request counts as failed (default 10)",

@@ -36,6 +36,7 @@ from pathlib import Path
 from loadtest.images import load_images
 from loadtest.peers.model import Model, decode
 from loadtest.registry import Context, Entry, Measurement
+from serving.cli_numbers import POSITIVE_FLOAT
 from serving.contract import list_versions
 
 BATCH = 64
@@ -138,7 +139,10 @@ def markdown(result: dict) -> str:
 
 def compare_rows(ctx: Context, images: object) -> list[dict]:
     """The four rates as ``loadtest compare`` rows, on the PNGs Locust sends (``images.pngs``)."""
-    budget = float(os.environ.get(BUDGET_ENV) or 2.0)
+    try:
+        budget = POSITIVE_FLOAT.parse(os.environ.get(BUDGET_ENV) or "2.0")
+    except ValueError as exc:
+        raise ValueError(f"{BUDGET_ENV}: {exc}") from None
     result = measure_in_subprocess(ctx.model_dir, images.pngs, budget_s=budget)  # type: ignore[attr-defined]
     rows = []
     for cell, name in ROW_NAMES.items():
@@ -179,7 +183,9 @@ def main(argv: list[str] | None = None) -> int:
         "loadtest.images: the first 64 Fashion-MNIST test images with FASHION_MNIST_DIR set, "
         "else generated ones)",
     )
-    parser.add_argument("--budget", type=float, default=2.0, help="seconds per rate (default 2)")
+    parser.add_argument(
+        "--budget", type=POSITIVE_FLOAT, default=2.0, help="seconds per rate (default 2)"
+    )
     parser.add_argument("--json", metavar="PATH", help="write the dict as JSON ('-' = stdout)")
     args = parser.parse_args(argv)
     if args.budget <= 0:

@@ -34,6 +34,7 @@ import requests
 from loadtest.backends import predict_request
 from loadtest.servers import ROOT, Server, StartError, start_modelserver
 from serving.backends import _protos
+from serving.cli_numbers import POSITIVE_FLOAT, POSITIVE_INT
 from serving.contract import MODEL_NAME
 
 Caller = tuple[Callable[[], None], Callable[[], None]]  # (one request, close the connection)
@@ -154,9 +155,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument(
         "--model_base_path", default="models/fashion_mnist", help="exported model base dir"
     )
-    p.add_argument("--duration", type=float, default=4.0, help="seconds per cell per round")
-    p.add_argument("--rounds", type=int, default=2, help="interleaved rounds over all cells")
-    p.add_argument("--concurrency", type=int, default=8, help="closed-loop client threads")
+    p.add_argument(
+        "--duration", type=POSITIVE_FLOAT, default=4.0, help="seconds per cell per round"
+    )
+    p.add_argument(
+        "--rounds", type=POSITIVE_INT, default=2, help="interleaved rounds over all cells"
+    )
+    p.add_argument("--concurrency", type=POSITIVE_INT, default=8, help="closed-loop client threads")
     p.add_argument("--batch_sizes", default="1,64", help="comma-separated images per request")
     p.add_argument(
         "--batching_parameters_file",

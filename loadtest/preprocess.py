@@ -34,6 +34,7 @@ import numpy as np
 from PIL import Image, ImageFilter
 from tqdm import tqdm
 
+from serving.cli_numbers import POSITIVE_INT
 from serving.contract import CLASS_NAMES, INPUT_KEY, OUTPUT_CLASS_IDS, OUTPUT_PROBABILITIES
 from serving.preprocess import LUMA, decode_image, to_batch
 
@@ -271,11 +272,18 @@ def main(argv: list[str] | None = None) -> int:
         default=Path("models/fashion_mnist"),
         help="export base dir or version dir (default: %(default)s)",
     )
-    parser.add_argument("--limit", type=int, default=10000, help="test images to use (default all)")
     parser.add_argument(
-        "--timing-images", type=int, default=500, help="images per timing run (default 500)"
+        "--limit", type=POSITIVE_INT, default=10000, help="test images to use (default all)"
     )
-    parser.add_argument("--repeat", type=int, default=5, help="timing runs (median; default 5)")
+    parser.add_argument(
+        "--timing-images",
+        type=POSITIVE_INT,
+        default=500,
+        help="images per timing run (default 500)",
+    )
+    parser.add_argument(
+        "--repeat", type=POSITIVE_INT, default=5, help="timing runs (median; default 5)"
+    )
     parser.add_argument("--json", type=Path, metavar="PATH", help="also write the raw numbers here")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
@@ -285,9 +293,6 @@ def main(argv: list[str] | None = None) -> int:
             f"error: no model at {args.model} (train one: python -m training train)",
             file=sys.stderr,
         )
-        return 2
-    if args.limit < 1 or args.timing_images < 1 or args.repeat < 1:
-        print("error: --limit, --timing-images and --repeat must be >= 1", file=sys.stderr)
         return 2
     results = run(args.model, args.limit, args.timing_images, args.repeat)
     print(markdown(results))

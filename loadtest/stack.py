@@ -40,6 +40,7 @@ from typing import Any
 import yaml
 
 from loadtest.servers import ROOT, Server, StartError, http_ok, launch, model_available
+from serving.cli_numbers import PORT
 
 COMPOSE_FILE = ROOT / "docker-compose.yml"
 GATEWAY_DOCKERFILE = ROOT / "serving" / "gateway" / "Dockerfile"
@@ -353,7 +354,7 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="local folder for the /models volume (holds fashion_mnist/<version>/; default ./models)",
     )
     p.add_argument("--no-prometheus", action="store_true", help="do not start Prometheus")
-    p.add_argument("--prometheus-port", type=int, default=9090, help="Prometheus port (9090)")
+    p.add_argument("--prometheus-port", type=PORT, default=9090, help="Prometheus port (9090)")
     return p.parse_args(argv)
 
 

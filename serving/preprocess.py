@@ -54,12 +54,14 @@ Everything here is a pure function of its arguments; Pillow's global settings ar
 from __future__ import annotations
 
 import io
+import os
 import struct
 import sys
 import zlib
 from collections.abc import Sequence
 
 import numpy as np
+import PIL
 from PIL import (
     BmpImagePlugin,
     GifImagePlugin,
@@ -109,20 +111,28 @@ _ALPHA_MODES = frozenset({"RGBA", "LA", "PA", "RGBa", "La"})
 #: The luma weights of Pillow's RGB → L conversion (ITU-R 601-2), i.e. of every grayscale
 #: conversion here: a colour's gray level is ``rgb @ LUMA`` (rounded).
 LUMA = np.array([0.299, 0.587, 0.114])
-# Exceptions Pillow's decoders raise on corrupt or truncated data.
 # Importing the five plugins registers them in Image.OPEN (what Image.open would do lazily).
 _PLUGINS = (BmpImagePlugin, GifImagePlugin, JpegImagePlugin, PngImagePlugin, WebPImagePlugin)
-_DECODE_ERRORS = (
-    OSError,
-    ValueError,
-    EOFError,
-    SyntaxError,
-    IndexError,
-    KeyError,
-    TypeError,
-    struct.error,
-    zlib.error,
-)
+_PIL_DIR = os.path.dirname(PIL.__file__) + os.sep
+# What Pillow's decoders raise on corrupt or truncated data, wherever it is raised.
+_DATA_ERRORS = (OSError, EOFError, SyntaxError, struct.error, zlib.error)
+# Pillow's plugins can also raise these on malformed files (a bad palette index, a missing
+# tag); they mean bad data only when raised inside Pillow. Raised in this module (or NumPy
+# called from it) they are bugs, and must surface as such (a 500), not as "cannot decode".
+_PILLOW_ONLY_ERRORS = (ValueError, IndexError, KeyError, TypeError)
+_DECODE_ERRORS = _DATA_ERRORS + _PILLOW_ONLY_ERRORS
+
+
+def _is_bad_data(exc: BaseException) -> bool:
+    """True when ``exc`` (one of `_DECODE_ERRORS`) comes from Pillow reading the data."""
+    if isinstance(exc, _DATA_ERRORS):
+        return True
+    tb = exc.__traceback__
+    while tb is not None and tb.tb_next is not None:
+        tb = tb.tb_next
+    return tb is not None and tb.tb_frame.f_code.co_filename.startswith(_PIL_DIR)
+
+
 # uint8 → float32 value / 255, exactly as the training code scales (a lookup beats a division).
 _SCALE_LUT = np.arange(256, dtype=np.float32) / np.float32(255.0)
 
@@ -164,7 +174,9 @@ def _identify(data: bytes) -> Image.Image:
         except Image.DecompressionBombError as exc:
             # A GIF/WebP frame that enlarges the canvas past twice Pillow's own limit.
             raise ImageTooLarge(f"image rejected as a decompression bomb: {exc}") from None
-        except _DECODE_ERRORS:
+        except _DECODE_ERRORS as exc:
+            if not _is_bad_data(exc):
+                raise
             continue
     raise InvalidImage(f"not a supported image ({_FORMATS_TEXT}): cannot identify image data")
 
@@ -306,6 +318,8 @@ def decode_image(data: bytes, *, max_pixels: int = MAX_PIXELS) -> np.ndarray:
     except Image.DecompressionBombError as exc:
         raise ImageTooLarge(f"image rejected as a decompression bomb: {exc}") from None
     except _DECODE_ERRORS as exc:
+        if not _is_bad_data(exc):
+            raise
         raise InvalidImage(f"cannot decode {img.format} image data: {exc}") from None
     if source_gray and gray.size == (IMAGE_SIZE, IMAGE_SIZE):
         pixels = np.asarray(gray)  # already in the dataset's form
@@ -340,7 +354,8 @@ def array_to_input(arr: object) -> np.ndarray:
             f"pixel array must have shape [{IMAGE_SIZE}, {IMAGE_SIZE}], got "
             f"[{', '.join(str(d) for d in a.shape)}]"
         )
-    a = a.astype(np.float32, copy=False).reshape(IMAGE_SIZE, IMAGE_SIZE, 1)
+    with np.errstate(over="ignore", invalid="ignore"):  # huge values become inf: refused below
+        a = a.astype(np.float32, copy=False).reshape(IMAGE_SIZE, IMAGE_SIZE, 1)
     if not np.isfinite(a).all():
         raise InvalidImage("pixel array contains NaN or infinite values")
     lo, hi = float(a.min()), float(a.max())
@@ -350,15 +365,31 @@ def array_to_input(arr: object) -> np.ndarray:
 
 
 def to_batch(items: Sequence[np.ndarray]) -> np.ndarray:
-    """Stack ``[28, 28, 1]`` inputs into one C-contiguous float32 batch ``[N, 28, 28, 1]``."""
+    """Stack ``[28, 28, 1]`` inputs into one C-contiguous float32 batch ``[N, 28, 28, 1]``.
+
+    Raises :class:`InvalidImage` for no items, an item of another shape or not numeric, or
+    values outside [0, 1] (NaN included).
+    """
     if len(items) == 0:
         raise InvalidImage("no images given")
     batch = np.empty((len(items), IMAGE_SIZE, IMAGE_SIZE, 1), dtype=np.float32)
     for i, item in enumerate(items):
-        if np.shape(item) != (IMAGE_SIZE, IMAGE_SIZE, 1):
+        try:
+            shape = np.shape(item)
+        except ValueError:
+            raise InvalidImage(f"item {i} is a ragged nested list, not an array") from None
+        if shape != (IMAGE_SIZE, IMAGE_SIZE, 1):
             raise InvalidImage(
-                f"item {i} has shape {tuple(np.shape(item))}, expected "
+                f"item {i} has shape {tuple(shape)}, expected "
                 f"({IMAGE_SIZE}, {IMAGE_SIZE}, 1); use decode_image() or array_to_input()"
             )
-        batch[i] = item
+        try:
+            batch[i] = item
+        except (TypeError, ValueError, OverflowError):
+            raise InvalidImage(f"item {i} does not hold numbers") from None
+    # One pass over the whole batch (NaN fails both comparisons).
+    if not (batch.min() >= 0.0 and batch.max() <= 1.0):
+        raise InvalidImage(
+            "batch values must be within [0, 1]; use decode_image() or array_to_input()"
+        )
     return batch

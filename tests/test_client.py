@@ -368,7 +368,15 @@ def test_cli_usage_errors():
     assert_one_line_error(proc, EXIT_USAGE, "--model-version/--model-label need --grpc or --rest")
     for bad in ("nan", "inf", "0", "-1"):
         proc = run_cli("predict", BOOT, "--timeout", bad)
-        assert_one_line_error(proc, EXIT_USAGE, "--timeout must be a finite number > 0")
+        assert_one_line_error(
+            proc,
+            EXIT_USAGE,
+            f"argument --timeout: expected a finite number > 0, got {float(bad)!r}",
+        )
+    proc = run_cli("predict", BOOT, "--batch-size", "0")
+    assert_one_line_error(
+        proc, EXIT_USAGE, "argument --batch-size: expected an integer >= 1, got 0"
+    )
 
 
 def test_cli_help_lists_exit_codes():

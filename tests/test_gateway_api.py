@@ -34,6 +34,7 @@ from serving.gateway import create_app
 from serving.gateway.config import GatewayConfig
 from serving.gateway.errors import BACKEND_MESSAGES
 from serving.preprocess import ImageTooLarge, InvalidImage, array_to_input, decode_image
+from tests.support.ci import missing
 from tests.support.gateway import FakeBackend
 
 IMAGES = os.path.join(os.path.dirname(__file__), "support", "images")
@@ -557,9 +558,7 @@ def test_metrics_count_requests_stages_labels_and_model(client, backend):
 def test_metrics_pass_promtool(client):
     promtool = shutil.which("promtool")
     if promtool is None:
-        if os.environ.get("CI"):
-            pytest.fail("promtool is required in CI (apt-get install prometheus)")
-        pytest.skip("promtool not installed (apt-get install prometheus)")
+        missing("promtool not installed (apt-get install prometheus)")
     client.post("/v1/predict", data=_png("bag"), content_type="image/png")
     client.post("/v1/predict", data=b"x", content_type="image/png")
     text = client.get("/metrics").data

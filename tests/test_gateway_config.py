@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+import math
 import os
 import shutil
 import subprocess
@@ -10,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from serving.gateway.config import DEFAULT_MAX_PIXELS, ConfigError, GatewayConfig
+from serving.gateway.config import DEFAULT_MAX_PIXELS, ConfigError, GatewayConfig, env_name
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -77,16 +79,26 @@ def test_rest_backend_target_is_the_base_url():
             {"GATEWAY_MODEL_VERSION": "2", "GATEWAY_MODEL_LABEL": "canary"},
             "set GATEWAY_MODEL_VERSION or GATEWAY_MODEL_LABEL, not both",
         ),
-        ({"GATEWAY_MAX_BATCH": "many"}, "GATEWAY_MAX_BATCH='many' is not an integer"),
-        ({"GATEWAY_TIMEOUT_SECONDS": "soon"}, "GATEWAY_TIMEOUT_SECONDS='soon' is not a number"),
+        ({"GATEWAY_MAX_BATCH": "many"}, "GATEWAY_MAX_BATCH: expected an integer >= 1, got 'many'"),
+        (
+            {"GATEWAY_TIMEOUT_SECONDS": "soon"},
+            "GATEWAY_TIMEOUT_SECONDS: expected a finite number > 0, got 'soon'",
+        ),
         (
             {"GATEWAY_ACCESS_LOG": "maybe"},
-            "GATEWAY_ACCESS_LOG='maybe' is not a boolean (1/0, true/false)",
+            "GATEWAY_ACCESS_LOG: expected a boolean (1/0, true/false), got 'maybe'",
         ),
-        ({"GATEWAY_MAX_BATCH": "0"}, "GATEWAY_MAX_BATCH must be > 0, got 0"),
-        ({"GATEWAY_RETRIES": "-1"}, "GATEWAY_RETRIES must be >= 0, got -1"),
-        ({"GATEWAY_PORT": "70000"}, "GATEWAY_PORT must be a TCP port (1-65535), got 70000"),
-        ({"GATEWAY_MODEL_VERSION": "0"}, "GATEWAY_MODEL_VERSION must be a positive integer"),
+        ({"GATEWAY_MAX_BATCH": "0"}, "GATEWAY_MAX_BATCH: expected an integer >= 1, got '0'"),
+        ({"GATEWAY_RETRIES": "-1"}, "GATEWAY_RETRIES: expected an integer >= 0, got '-1'"),
+        ({"GATEWAY_PORT": "70000"}, "GATEWAY_PORT: expected an integer in [1, 65535], got '70000'"),
+        (
+            {"GATEWAY_MODEL_VERSION": "0"},
+            "GATEWAY_MODEL_VERSION: expected an integer >= 1, got '0'",
+        ),
+        (
+            {"GATEWAY_TIMEOUT_SECONDS": "0"},
+            "GATEWAY_TIMEOUT_SECONDS: expected a finite number > 0, got '0'",
+        ),
         (
             {"GATEWAY_BACKEND": "tfserving:8500"},
             "GATEWAY_BACKEND='tfserving:8500': expected grpc://host:port, http://host:port "
@@ -182,8 +194,48 @@ def test_cli_config_error_is_one_line_and_exit_2():
 def test_cli_bad_port_argument_is_an_argparse_error():
     proc = _run_cli({}, "--port", "eighty")
     assert proc.returncode == 2
-    assert "argument --port: invalid int value: 'eighty'" in proc.stderr
+    assert "argument --port: expected an integer in [1, 65535], got 'eighty'" in proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+FLOAT_SETTINGS = sorted(
+    env_name(f.name) for f in dataclasses.fields(GatewayConfig) if f.type in ("float", float)
+)
+
+
+def test_every_float_setting_is_known():
+    assert FLOAT_SETTINGS == [
+        "GATEWAY_BATCH_TIMEOUT_MS",
+        "GATEWAY_MODEL_POLL_SECONDS",
+        "GATEWAY_READY_CACHE_SECONDS",
+        "GATEWAY_TIMEOUT_SECONDS",
+    ]
+
+
+@pytest.mark.parametrize("name", FLOAT_SETTINGS)
+@pytest.mark.parametrize("raw", ["inf", "-inf", "nan", "Infinity", "1e999"])
+def test_non_finite_durations_are_refused_naming_the_variable(name, raw):
+    with pytest.raises(ConfigError) as info:
+        GatewayConfig.from_env({name: raw})
+    assert str(info.value).startswith(f"{name}: expected a finite number ")
+    assert str(info.value).endswith(f", got {raw!r}")
+
+
+@pytest.mark.parametrize("field", ["timeout_seconds", "ready_cache_seconds"])
+@pytest.mark.parametrize("value", [math.inf, math.nan])
+def test_non_finite_values_set_in_code_are_refused(field, value):
+    with pytest.raises(ConfigError, match=rf"^{env_name(field)}: expected a finite number"):
+        GatewayConfig(**{field: value})
+
+
+def test_cli_non_finite_timeout_is_one_line_and_exit_2():
+    proc = _run_cli({"GATEWAY_TIMEOUT_SECONDS": "inf"}, "--check")
+    assert proc.returncode == 2
+    assert proc.stderr == (
+        "serving.gateway: configuration error: GATEWAY_TIMEOUT_SECONDS: expected a finite "
+        "number > 0, got 'inf'\n"
+    )
+    assert proc.stdout == ""
 
 
 def test_cli_check_prints_the_effective_config():

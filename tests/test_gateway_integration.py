@@ -28,6 +28,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from loadtest.servers import free_ports, start_gateway, start_modelserver
 from serving.contract import list_versions
+from tests.support.ci import missing
 from tests.support.modelserver import writable_copy
 from tests.support.traffic import Traffic, post_image
 from tests.support.workers import predictions_by_worker, wait_for_workers
@@ -269,9 +270,7 @@ def test_killed_worker_is_replaced_and_its_counts_survive(gateways, test_pngs):
 def test_multiprocess_metrics_pass_promtool(gateways, test_pngs):
     promtool = shutil.which("promtool")
     if promtool is None:
-        if os.environ.get("CI"):
-            pytest.fail("promtool is required in CI (apt-get install prometheus)")
-        pytest.skip("promtool not installed (apt-get install prometheus)")
+        missing("promtool not installed (apt-get install prometheus)")
     for png in test_pngs[1][:4]:  # both workers have something in every metric
         requests.post(
             f"{gateways['grpc'].url}/v1/predict",

@@ -113,8 +113,13 @@ def test_aggregate_matches_locusts_percentile_rule():
     [
         (["--duration", "10x"], "bad duration '10x'"),
         (["--duration", "0s"], "must be longer than 0s"),
-        (["--users", "0"], "--users: must be >= 1"),
-        (["--max-fail-ratio", "1.5"], "between 0 and 1"),
+        (["--users", "0"], "argument --users: expected an integer >= 1, got '0'"),
+        (
+            ["--max-fail-ratio", "1.5"],
+            "argument --max-fail-ratio: expected a finite number in [0, 1], got '1.5'",
+        ),
+        (["--spawn-rate", "inf"], "argument --spawn-rate: expected a finite number > 0, got 'inf'"),
+        (["--max-p99-ms", "nan"], "argument --max-p99-ms: expected a finite number > 0, got 'nan'"),
         (["--payload", "png", "--batch-size", "4"], "one raw image per request"),
         (["--target", "grpc"], "takes grpc://host:port"),
         ([], "is not reachable (GET /readyz"),  # nothing listens on port 1

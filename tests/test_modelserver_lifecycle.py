@@ -314,14 +314,33 @@ def run_cli(*args: str) -> subprocess.CompletedProcess:
             ["--model_base_path=/m", "--enable_batching=maybe"],
             "expected true or false, got 'maybe'",
         ),
-        (["--model_base_path=/m", "--port=70000"], "port out of range 0-65535: 70000"),
+        (
+            ["--model_base_path=/m", "--port=70000"],
+            "argument --port: expected an integer in [0, 65535], got '70000'",
+        ),
         (
             ["--model_base_path=/m", "--batching_parameters_file=b"],
             "--batching_parameters_file needs --enable_batching",
         ),
         (
             ["--model_base_path", "/m", "--file_system_poll_wait_seconds", "-1"],
-            "must be >= 0, got -1",
+            "argument --file_system_poll_wait_seconds: expected a finite number >= 0, got '-1'",
+        ),
+        (
+            ["--model_base_path", "/m", "--file_system_poll_wait_seconds", "inf"],
+            "argument --file_system_poll_wait_seconds: expected a finite number >= 0, got 'inf'",
+        ),
+        (
+            ["--model_base_path", "/m", "--shutdown_grace_seconds", "nan"],
+            "argument --shutdown_grace_seconds: expected a finite number >= 0, got 'nan'",
+        ),
+        (
+            ["--model_base_path", "/m", "--rest_api_timeout_in_ms", "1e400"],
+            "argument --rest_api_timeout_in_ms: expected an integer >= 0, got '1e400'",
+        ),
+        (
+            ["--model_base_path", "/m", "--rest_api_num_threads", "0"],
+            "argument --rest_api_num_threads: expected an integer >= 1, got '0'",
         ),
     ],
 )

@@ -3,6 +3,7 @@ the batching queue's errors (full queue, ``--rest_api_timeout_in_ms``) and tenso
 
 from __future__ import annotations
 
+import json
 import socket
 import threading
 import time
@@ -16,7 +17,7 @@ from serving.contract import MODEL_NAME
 from serving.modelserver.config import BatchingSettings, single_model_config
 from serving.modelserver.core import ServerCore
 from serving.modelserver.grpc_service import create_grpc_server
-from serving.modelserver.rest import RestServer
+from serving.modelserver.rest import MAX_BODY_BYTES, MAX_JSON_ARRAYS, RestServer
 from tests.support.modelserver import model_base_for_tests
 
 pytestmark = pytest.mark.slow
@@ -87,8 +88,37 @@ def test_oversized_body_closes_the_connection(rest):
     head = f"POST {PREDICT} HTTP/1.1\r\nHost: x\r\nContent-Length: 999999999999\r\n\r\n"
     out = raw_exchange(rest, head.encode() + SMUGGLED)
     assert out.count(b"HTTP/1.1 ") == 1, out
-    assert out.startswith(b"HTTP/1.1 429 ") and b"Connection: close" in out
-    assert b"exceeds the limit" in out
+    assert out.startswith(b"HTTP/1.1 413 ") and b"Connection: close" in out
+    body = out.split(b"\r\n\r\n", 1)[1]
+    assert json.loads(body) == {
+        "error": "request body of 999999999999 bytes exceeds the limit of 67108864"
+    }
+
+
+def test_oversized_chunked_body_is_413(rest):
+    head = f"POST {PREDICT} HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n"
+    chunk = f"{MAX_BODY_BYTES + 1:x}\r\n".encode()  # the size alone is over the limit
+    out = raw_exchange(rest, head.encode() + chunk)
+    assert out.startswith(b"HTTP/1.1 413 ") and b"Connection: close" in out
+    body = out.split(b"\r\n\r\n", 1)[1]
+    assert json.loads(body) == {"error": "request body exceeds the limit of 67108864 bytes"}
+
+
+def test_json_array_count_is_bounded_before_parsing(rest, monkeypatch):
+    import serving.modelserver.rest as rest_module
+
+    def refuse(*args):
+        raise AssertionError("the body was parsed")
+
+    monkeypatch.setattr(rest_module, "parse_predict_json", refuse)
+    n = MAX_JSON_ARRAYS  # + the outer "instances" list: one over
+    body = b'{"instances": [' + b"[0]," * (n - 1) + b"[0]]}"
+    r = requests.post(rest + PREDICT, data=body, timeout=30)
+    assert r.status_code == 413
+    assert r.json() == {
+        "error": f"request body holds {n + 1} JSON arrays, more than the limit of {n}; "
+        "send fewer instances per request"
+    }
 
 
 @pytest.mark.parametrize("header", ["Content-Length: 48", "Transfer-Encoding: chunked"])

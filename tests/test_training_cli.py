@@ -89,14 +89,22 @@ def test_train_env_var_names_the_folder(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("args", "message"),
     [
-        (["train", "--epochs", "0"], "argument --epochs: expected a positive integer, got 0"),
+        (["train", "--epochs", "0"], "argument --epochs: expected an integer >= 1, got '0'"),
         (
             ["train", "--batch-size", "big"],
-            "argument --batch-size: expected a positive integer, got 'big'",
+            "argument --batch-size: expected an integer >= 1, got 'big'",
         ),
         (
             ["train", "--validation-fraction", "1.5"],
-            "argument --validation-fraction: expected a number in [0, 1), got 1.5",
+            "argument --validation-fraction: expected a finite number in [0, 1), got '1.5'",
+        ),
+        (
+            ["train", "--learning-rate", "inf"],
+            "argument --learning-rate: expected a finite number > 0, got 'inf'",
+        ),
+        (
+            ["train", "--validation-fraction", "nan"],
+            "argument --validation-fraction: expected a finite number in [0, 1), got 'nan'",
         ),
         (["train", "--recipe", "huge"], "argument --recipe: invalid choice: 'huge'"),
         (

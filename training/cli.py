@@ -23,12 +23,12 @@ import json
 import logging
 import os
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
+from serving.cli_numbers import FRACTION, NON_NEGATIVE_INT, POSITIVE_FLOAT, POSITIVE_INT
 from serving.contract import CLASS_NAMES
 from training.data import DataError, load_fashion_mnist
 from training.errors import ExportError, ImageError, RecipeError
@@ -55,29 +55,6 @@ FILTER_NAMES = ("edges", "horizontal", "vertical")  # training.visualize.FILTERS
 
 class CliError(Exception):
     """A user-facing problem: printed as one message, exit code 1."""
-
-
-def _checked(
-    convert: Callable[[str], float], ok: Callable[[float], bool], what: str
-) -> Callable[[str], Any]:
-    """An argparse ``type``: ``convert`` the text, then require ``ok(value)`` ("expected WHAT")."""
-
-    def parse(text: str) -> Any:
-        try:
-            value = convert(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}") from None
-        if not ok(value):
-            raise argparse.ArgumentTypeError(f"expected {what}, got {text}")
-        return value
-
-    return parse
-
-
-_positive_int = _checked(int, lambda v: v >= 1, "a positive integer")
-_non_negative_int = _checked(int, lambda v: v >= 0, "an integer >= 0")
-_positive_float = _checked(float, lambda v: v > 0, "a positive number")
-_fraction = _checked(float, lambda v: 0.0 <= v < 1.0, "a number in [0, 1)")
 
 
 def _add_data_dir(p: argparse.ArgumentParser) -> None:
@@ -113,24 +90,24 @@ def build_parser() -> argparse.ArgumentParser:
         "minute), lesson (the lesson's Adam, batch 32, 5 epochs); flags below override it",
     )  # fmt: skip
     t.add_argument("--quick", action="store_true", help="same as --recipe quick")
-    t.add_argument("--epochs", type=_positive_int, help="maximum number of epochs")
-    t.add_argument("--batch-size", type=_positive_int, help="training batch size")
-    t.add_argument("--learning-rate", type=_positive_float, help="peak learning rate")
-    t.add_argument("--seed", type=_non_negative_int, help="random seed (same seed, same model)")
-    t.add_argument("--max-train-samples", type=_positive_int, help="train on a random subset")
+    t.add_argument("--epochs", type=POSITIVE_INT, help="maximum number of epochs")
+    t.add_argument("--batch-size", type=POSITIVE_INT, help="training batch size")
+    t.add_argument("--learning-rate", type=POSITIVE_FLOAT, help="peak learning rate")
+    t.add_argument("--seed", type=NON_NEGATIVE_INT, help="random seed (same seed, same model)")
+    t.add_argument("--max-train-samples", type=POSITIVE_INT, help="train on a random subset")
     t.add_argument(
-        "--validation-fraction", type=_fraction,
+        "--validation-fraction", type=FRACTION,
         help="fraction of the training set held out for validation/early stopping (0 = none)",
     )  # fmt: skip
     t.add_argument(
-        "--patience", type=_non_negative_int,
+        "--patience", type=NON_NEGATIVE_INT,
         help="stop after this many epochs without a better validation accuracy (0 = never)",
     )  # fmt: skip
     t.add_argument(
         "--export-dir", type=Path, default=Path("models/fashion_mnist"),
         help="base folder of the versioned exports (default: %(default)s)",
     )  # fmt: skip
-    t.add_argument("--version", type=_positive_int, help="version to write (default: next free)")
+    t.add_argument("--version", type=POSITIVE_INT, help="version to write (default: next free)")
     t.add_argument("--overwrite", action="store_true", help="replace an existing --version")
     t.add_argument("--no-plots", action="store_true", help="skip the PNG plots")
     t.add_argument("--no-progress", action="store_true", help="no progress bars")
@@ -154,7 +131,7 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("--model", type=Path, required=True, help="export (version or base folder)")
     src = v.add_mutually_exclusive_group(required=True)
     src.add_argument("--image", type=Path, help="an image file (PNG/JPEG/...)")
-    src.add_argument("--test-index", type=_non_negative_int, help="a test-set image by index")
+    src.add_argument("--test-index", type=NON_NEGATIVE_INT, help="a test-set image by index")
     src.add_argument(
         "--class-id", type=int, choices=range(10), metavar="C",
         help="three test images of class C (0-9) side by side, one channel across layers",
@@ -171,7 +148,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="apply a hand-written 3x3 filter then 2x2 max pooling; show original/filtered/pooled",
     )
     f.add_argument("image", type=Path, nargs="?", help="any image file (converted to grayscale)")
-    f.add_argument("--test-index", type=_non_negative_int, help="use a test-set image instead")
+    f.add_argument("--test-index", type=NON_NEGATIVE_INT, help="use a test-set image instead")
     f.add_argument("--filter", choices=FILTER_NAMES, default="vertical",
                    help="kernel (default: %(default)s, emphasises vertical lines)")  # fmt: skip
     _add_data_dir(f)

@@ -25,7 +25,9 @@ from typing import Any
 
 import numpy as np
 import requests
+import urllib3
 
+from serving.backends.deadline_http import DeadlineAdapter, deadline
 from serving.backends.errors import (
     UNKNOWN_LABEL,
     BackendBadResponse,
@@ -48,7 +50,12 @@ from serving.contract import INPUT_KEY, MODEL_NAME, OUTPUT_PROBABILITIES, SIGNAT
 __all__ = ["RestBackend", "encode_batch_json"]
 
 _POOL_SIZE = 64
-_JSON_HEADERS = {"Content-Type": "application/json"}
+# Compressed answers are refused (TF Serving never compresses): their size bound would not hold.
+_JSON_HEADERS = {"Content-Type": "application/json", "Accept-Encoding": "identity"}
+_GET_HEADERS = {"Accept-Encoding": "identity"}
+#: Largest response body read (probabilities of a 256-image batch are ~30 KB).
+MAX_RESPONSE_BYTES = 8 * 1024 * 1024
+_READ_CHUNK = 65536
 
 
 def _level_token(value: np.float32) -> str:
@@ -92,20 +99,20 @@ def encode_batch_json(arr: np.ndarray) -> bytes:
     return json.dumps(arr.tolist(), separators=(",", ":")).encode()
 
 
-def _error_message(response: requests.Response) -> str:
+def _error_message(response: requests.Response, data: bytes) -> str:
     """TF Serving's ``{"error": "..."}`` text, or the start of whatever the body was."""
     try:
-        body = response.json()
+        body = json.loads(data)
     except ValueError:
         body = None
     if isinstance(body, dict) and isinstance(body.get("error"), str):
         return body["error"]
-    text = response.text.strip().replace("\n", " ")
+    text = data.decode("utf-8", "replace").strip().replace("\n", " ")
     return text[:200] or response.reason or "no body"
 
 
-def _map_http_error(response: requests.Response, what: str) -> BackendError:
-    detail = _error_message(response)
+def _map_http_error(response: requests.Response, what: str, data: bytes) -> BackendError:
+    detail = _error_message(response, data)
     message = f"{what}: HTTP {response.status_code}: {detail}"
     status = response.status_code
     if status == 404 or (status == 400 and detail.startswith(UNKNOWN_LABEL)):
@@ -138,6 +145,7 @@ class RestBackend(ClosesOnExit):
         timeout: float = 5.0,
         retries: int = 2,
         version_ttl: float = 1.0,
+        max_response_bytes: int = MAX_RESPONSE_BYTES,
     ) -> None:
         check_call_options(version, label, timeout, retries)
         if not base_url.startswith(("http://", "https://")):
@@ -149,6 +157,7 @@ class RestBackend(ClosesOnExit):
         self.timeout = timeout
         self.retries = retries
         self.version_ttl = version_ttl
+        self.max_response_bytes = max_response_bytes
         path = f"{self.base_url}/v1/models/{model_name}"
         if version is not None:
             path += f"/versions/{int(version)}"
@@ -157,7 +166,7 @@ class RestBackend(ClosesOnExit):
         self._model_url = path
         self._predict_url = path + ":predict"
         self._session = requests.Session()
-        adapter = requests.adapters.HTTPAdapter(pool_connections=1, pool_maxsize=_POOL_SIZE)
+        adapter = DeadlineAdapter(pool_connections=1, pool_maxsize=_POOL_SIZE)
         self._session.mount("http://", adapter)
         self._session.mount("https://", adapter)
         self._version_lock = threading.Lock()
@@ -177,34 +186,47 @@ class RestBackend(ClosesOnExit):
         """One call within ``timeout`` s (default: the backend's), retries included."""
 
         def attempt(remaining: float) -> Any:
-            try:
-                response = self._session.request(
-                    method,
-                    url,
-                    data=body,
-                    headers=_JSON_HEADERS if body is not None else None,
-                    timeout=(remaining, remaining),
-                )
-            except requests.exceptions.ConnectTimeout:
-                raise BackendTimeout(
-                    f"{what}: connecting took longer than {remaining:.3g} s"
-                ) from None
-            except requests.exceptions.Timeout:
-                raise BackendTimeout(f"{what}: no answer within {remaining:.3g} s") from None
-            except requests.exceptions.ConnectionError as exc:
-                raise BackendUnavailable(f"{what}: {_short(exc)}") from None
-            except requests.exceptions.RequestException as exc:
-                raise BackendError(f"{what}: {_short(exc)}") from None
-            if response.status_code != 200:
-                raise _map_http_error(response, what)
-            try:
-                return response.json()
-            except ValueError:
-                raise BackendBadResponse(f"{what}: response is not JSON") from None
+            # Every socket read of this call ends at the deadline (serving.backends.deadline_http).
+            at = time.monotonic() + remaining
+            with deadline(at):
+                return self._attempt(method, url, what, body, remaining, at)
 
         return call_with_retries(
             attempt, timeout=timeout or self.timeout, retries=self.retries, what=what
         )
+
+    def _attempt(
+        self, method: str, url: str, what: str, body: bytes | None, remaining: float, at: float
+    ) -> Any:
+        try:
+            response = self._session.request(
+                method,
+                url,
+                data=body,
+                headers=_JSON_HEADERS if body is not None else _GET_HEADERS,
+                timeout=(remaining, remaining),
+                stream=True,
+            )
+        except requests.exceptions.ConnectTimeout:
+            raise BackendTimeout(f"{what}: connecting took longer than {remaining:.3g} s") from None
+        except requests.exceptions.Timeout:
+            raise BackendTimeout(f"{what}: no answer within {remaining:.3g} s") from None
+        except requests.exceptions.ConnectionError as exc:
+            raise BackendUnavailable(f"{what}: {_short(exc)}") from None
+        except requests.exceptions.RequestException as exc:
+            raise BackendError(f"{what}: {_short(exc)}") from None
+        try:
+            data = _read_body(response, at, self.max_response_bytes, what)
+        except BaseException:
+            response.close()  # drops the connection: the rest of the body is never read
+            raise
+        response.raw.release_conn()  # fully read: back to the keep-alive pool
+        if response.status_code != 200:
+            raise _map_http_error(response, what, data)
+        try:
+            return json.loads(data)
+        except ValueError:
+            raise BackendBadResponse(f"{what}: response is not JSON") from None
 
     def predict(self, batch: np.ndarray) -> PredictResult:
         """Classify a float32 ``[N, 28, 28, 1]`` batch → probabilities ``[N, 10]`` + model version."""
@@ -276,6 +298,41 @@ class RestBackend(ClosesOnExit):
     def close(self) -> None:
         """Close the pooled connections."""
         self._session.close()
+
+
+def _read_body(response: requests.Response, deadline: float, limit: int, what: str) -> bytes:
+    """The response body, read against the call's one deadline and at most ``limit`` bytes.
+
+    requests' read timeout applies to each socket read, so a backend trickling a byte at a
+    time could outlast any deadline; here every read gets only the time left, and the body
+    is refused (the connection dropped) once it is over ``limit`` or declared to be.
+    """
+    encoding = response.headers.get("Content-Encoding", "identity").lower()
+    if encoding not in ("", "identity"):
+        raise BackendBadResponse(f"{what}: compressed response ({encoding}) refused")
+    declared = response.headers.get("Content-Length", "")
+    if declared.isdigit() and int(declared) > limit:
+        raise BackendBadResponse(f"{what}: response of {declared} bytes is over {limit}")
+    raw, parts, size = response.raw, [], 0
+    try:
+        while True:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise BackendTimeout(f"{what}: the answer took longer than the deadline")
+            sock = getattr(raw.connection, "sock", None)
+            if sock is not None:
+                sock.settimeout(left)
+            chunk = raw.read1(_READ_CHUNK)
+            if not chunk:
+                return b"".join(parts)
+            size += len(chunk)
+            if size > limit:
+                raise BackendBadResponse(f"{what}: response is over {limit} bytes")
+            parts.append(chunk)
+    except (urllib3.exceptions.ReadTimeoutError, TimeoutError):
+        raise BackendTimeout(f"{what}: the answer took longer than the deadline") from None
+    except (urllib3.exceptions.ProtocolError, OSError) as exc:
+        raise BackendUnavailable(f"{what}: connection lost while reading: {_short(exc)}") from None
 
 
 def _short(exc: BaseException) -> str:

@@ -22,6 +22,7 @@ from typing import Any
 
 from gunicorn.app.base import BaseApplication
 
+from serving.cli_numbers import Number
 from serving.gateway.config import ConfigError, GatewayConfig
 
 
@@ -33,7 +34,11 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
         "embedded:<model base path>, GATEWAY_WORKERS, GATEWAY_THREADS, ...).",
     )
     parser.add_argument("--host", help="address to bind (default: GATEWAY_HOST or 0.0.0.0)")
-    parser.add_argument("--port", type=int, help="TCP port (default: GATEWAY_PORT or 8080)")
+    parser.add_argument(
+        "--port",
+        type=Number(int, low=1, high=65535),
+        help="TCP port (default: GATEWAY_PORT or 8080)",
+    )
     parser.add_argument(
         "--check", action="store_true", help="validate the configuration, print it and exit"
     )

@@ -23,6 +23,13 @@ from typing import Any, get_args, get_origin, get_type_hints
 
 from serving.backends.address import BackendKind, parse_address
 from serving.backends.errors import BackendConfigError
+from serving.cli_numbers import (
+    NON_NEGATIVE_FLOAT,
+    NON_NEGATIVE_INT,
+    POSITIVE_FLOAT,
+    POSITIVE_INT,
+    Number,
+)
 from serving.contract import GATEWAY_PORT, MODEL_NAME
 
 ENV_PREFIX = "GATEWAY_"
@@ -100,7 +107,7 @@ class GatewayConfig:
             raw = environ.get(env_name(f.name))
             if raw is None or raw.strip() == "":
                 continue
-            values[f.name] = _parse(env_name(f.name), raw.strip(), hints[f.name])
+            values[f.name] = _parse(env_name(f.name), raw.strip(), hints[f.name], f.name)
         return cls(**values)
 
     def with_overrides(self, overrides: Mapping[str, Any]) -> GatewayConfig:
@@ -111,7 +118,7 @@ class GatewayConfig:
         for key, value in overrides.items():
             if key not in names:
                 raise ConfigError(f"unknown gateway setting {key!r}")
-            values[key] = _parse(key, value, hints[key]) if isinstance(value, str) else value
+            values[key] = _parse(key, value, hints[key], key) if isinstance(value, str) else value
         return dataclasses.replace(self, **values)
 
     # -- derived ------------------------------------------------------------------------------
@@ -146,8 +153,6 @@ class GatewayConfig:
             raise ConfigError(
                 f"set {env_name('model_version')} or {env_name('model_label')}, not both"
             )
-        if self.model_version is not None and self.model_version < 1:
-            raise ConfigError(f"{env_name('model_version')} must be a positive integer")
         if self.model_label is not None and not _LABEL.match(self.model_label):
             raise ConfigError(f"{env_name('model_label')}={self.model_label!r} is not a label")
         if self.model_label is not None and self.backend_kind == "embedded":
@@ -155,36 +160,9 @@ class GatewayConfig:
                 f"{env_name('model_label')} needs a grpc:// or http:// backend "
                 "(version labels live in TF Serving's model config)"
             )
-        positive = (
-            "timeout_seconds",
-            "max_body_bytes",
-            "max_batch",
-            "max_pixels",
-            "max_request_pixels",
-            "workers",
-            "threads",
-            "worker_timeout_seconds",
-            "batch_max_size",
-            "model_poll_seconds",
-        )
-        for name in positive:
-            if getattr(self, name) <= 0:
-                raise ConfigError(f"{env_name(name)} must be > 0, got {getattr(self, name)!r}")
-        non_negative = (
-            "retries",
-            "graceful_timeout_seconds",
-            "keepalive_seconds",
-            "batch_timeout_ms",
-            "tf_intra_op_threads",
-            "tf_inter_op_threads",
-            "ready_cache_seconds",
-            "retry_after_seconds",
-        )
-        for name in non_negative:
-            if getattr(self, name) < 0:
-                raise ConfigError(f"{env_name(name)} must be >= 0, got {getattr(self, name)!r}")
-        if not 0 < self.port < 65536:
-            raise ConfigError(f"{env_name('port')} must be a TCP port (1-65535), got {self.port}")
+        for name in (*_POSITIVE, *_NON_NEGATIVE, "port"):
+            if getattr(self, name) is not None:  # model_version is optional
+                _check_number(name, getattr(self, name))
         if self.log_level.upper() not in _LOG_LEVELS:
             raise ConfigError(
                 f"{env_name('log_level')}={self.log_level!r}: expected one of {', '.join(_LOG_LEVELS)}"
@@ -204,24 +182,69 @@ _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"0", "false", "no", "off"}
 
 
-def _parse(name: str, raw: str, hint: Any) -> Any:
-    """Parse one string value for a field of type ``hint``; raise ConfigError naming ``name``."""
-    base = _base_type(hint)
+# Numeric fields by the values they accept (all finite: NaN and infinity are never valid).
+_POSITIVE = (
+    "timeout_seconds",
+    "max_body_bytes",
+    "max_batch",
+    "max_pixels",
+    "max_request_pixels",
+    "workers",
+    "threads",
+    "worker_timeout_seconds",
+    "batch_max_size",
+    "model_poll_seconds",
+    "model_version",
+)
+_NON_NEGATIVE = (
+    "retries",
+    "graceful_timeout_seconds",
+    "keepalive_seconds",
+    "batch_timeout_ms",
+    "tf_intra_op_threads",
+    "tf_inter_op_threads",
+    "ready_cache_seconds",
+    "retry_after_seconds",
+)
+# A gateway port must be bound, so 0 ("any free port") is not accepted.
+_GATEWAY_PORT = Number(int, low=1, high=65535)
+
+
+def _number_rule(name: str) -> Number:
+    """The `Number` a numeric field accepts (by its type and the lists above)."""
+    is_float = _base_type(get_type_hints(GatewayConfig)[name]) is float
+    if name == "port":
+        return _GATEWAY_PORT
+    if name in _POSITIVE:
+        return POSITIVE_FLOAT if is_float else POSITIVE_INT
+    if name in _NON_NEGATIVE:
+        return NON_NEGATIVE_FLOAT if is_float else NON_NEGATIVE_INT
+    return Number(float if is_float else int)
+
+
+def _check_number(name: str, value: Any) -> None:
+    """Bounds (and finiteness) of a numeric field set in code, in the same words as parsing."""
     try:
-        if base is bool:
-            low = raw.lower()
-            if low in _TRUE:
-                return True
-            if low in _FALSE:
-                return False
-            raise ValueError
-        if base is int:
-            return int(raw)
-        if base is float:
-            return float(raw)
-    except ValueError:
-        kind = {bool: "a boolean (1/0, true/false)", int: "an integer", float: "a number"}[base]
-        raise ConfigError(f"{name}={raw!r} is not {kind}") from None
+        _number_rule(name).check(value)
+    except ValueError as exc:
+        raise ConfigError(f"{env_name(name)}: {exc}") from None
+
+
+def _parse(name: str, raw: str, hint: Any, field: str) -> Any:
+    """Parse one string value of ``field`` (type ``hint``); raise ConfigError naming ``name``."""
+    base = _base_type(hint)
+    if base is bool:
+        low = raw.lower()
+        if low in _TRUE:
+            return True
+        if low in _FALSE:
+            return False
+        raise ConfigError(f"{name}: expected a boolean (1/0, true/false), got {raw!r}")
+    if base in (int, float):
+        try:
+            return _number_rule(field).parse(raw)  # NaN and infinity are refused here
+        except ValueError as exc:
+            raise ConfigError(f"{name}: {exc}") from None
     return raw
 
 

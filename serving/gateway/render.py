@@ -31,7 +31,7 @@ def render_predictions(model_name: str, probabilities: np.ndarray, model_version
         for c, p, r in zip(ids.tolist(), conf, rows, strict=True)
     ]
     body = {"model_name": model_name, "model_version": int(model_version), "predictions": preds}
-    return json.dumps(body, separators=(",", ":")).encode()
+    return json.dumps(body, separators=(",", ":"), allow_nan=False).encode()
 
 
 def json_response(body: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:

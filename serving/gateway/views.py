@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 
+import numpy as np
 from flask import Blueprint, Response, request
 
 from serving.backends import BackendBadResponse
@@ -37,6 +38,8 @@ def predict() -> Response:
         raise BackendBadResponse(
             f"backend returned probabilities of shape {probs.shape} for {len(inputs)} inputs"
         )
+    if not np.isfinite(probs).all():  # NaN/inf would render as invalid JSON: a 502 instead
+        raise BackendBadResponse("backend returned NaN or infinite probabilities")
     body = render_predictions(cfg.model_name, probs, result.model_version)
     metrics.count_predictions(probs.argmax(axis=1).tolist())
     metrics.set_model(cfg.model_name, result.model_version)

@@ -44,7 +44,9 @@ outside a container (tensorflow_model_server ignores it there); ``--model_name``
 ``--model_config_file`` is refused (exit 2) instead of ignored; ``--rest_api_port`` defaults to
 8501 as in the ``tensorflow/serving`` image (the binary's default is 0, off); unknown
 non-``/v1/`` REST paths answer a JSON 404; ``--rest_api_timeout_in_ms`` bounds only the wait in the batching queue
-(a running model call is not interrupted). Extra flags: ``--grpc_max_threads``,
+(a running model call is not interrupted); a REST body over 64 MiB, or holding more than
+2,000,000 JSON arrays, is refused with 413 and ``{"error": ...}`` before it is read or
+parsed; number flags refuse ``inf``/``nan``. Extra flags: ``--grpc_max_threads``,
 ``--shutdown_grace_seconds``, ``--log_level``; the ``:convserve:modelserver:batch_size``
 histogram shows how requests were batched.
 """

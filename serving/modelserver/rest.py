@@ -45,6 +45,8 @@ from serving.savedmodel import ModelError
 log = logging.getLogger(__name__)
 
 MAX_BODY_BYTES = 64 * 1024 * 1024
+# One 28x28x1 image as nested lists is 813 arrays; 2M arrays is ~2,400 images (~150 MB parsed).
+MAX_JSON_ARRAYS = 2_000_000
 IDLE_TIMEOUT_S = 30.0
 
 _PREDICT_RE = re.compile(
@@ -58,11 +60,18 @@ _STATUS_RE = re.compile(
 
 
 class HttpError(ModelError):
-    """A request-level error with an explicit gRPC code name."""
+    """A request-level error with an explicit gRPC code name (and HTTP status, if not the
+    code's usual one)."""
 
-    def __init__(self, message: str, code: str = "INVALID_ARGUMENT"):
+    def __init__(self, message: str, code: str = "INVALID_ARGUMENT", status: int | None = None):
         super().__init__(message)
         self.code = code
+        self.status = status
+
+
+def _too_large(message: str) -> HttpError:
+    """413 with TF Serving's ``{"error": ...}`` body (a body or JSON over the limits)."""
+    return HttpError(message, "RESOURCE_EXHAUSTED", 413)
 
 
 def status_json(model_name: str, statuses: list[VersionStatus]) -> dict[str, Any]:
@@ -184,10 +193,7 @@ class _Handler(BaseHTTPRequestHandler):
                 return b"".join(parts)
             total += size
             if total > MAX_BODY_BYTES:
-                raise HttpError(
-                    f"request body exceeds the limit of {MAX_BODY_BYTES} bytes",
-                    "RESOURCE_EXHAUSTED",
-                )
+                raise _too_large(f"request body exceeds the limit of {MAX_BODY_BYTES} bytes")
             parts.append(self.rfile.read(size))
             self.rfile.readline(8)  # the CRLF after each chunk
 
@@ -204,10 +210,7 @@ class _Handler(BaseHTTPRequestHandler):
         if n < 0:
             raise HttpError("Content-Length is negative")
         if n > MAX_BODY_BYTES:
-            raise HttpError(
-                f"request body of {n} bytes exceeds the limit of {MAX_BODY_BYTES}",
-                "RESOURCE_EXHAUSTED",
-            )
+            raise _too_large(f"request body of {n} bytes exceeds the limit of {MAX_BODY_BYTES}")
         return self.rfile.read(n)
 
     def _body(self, method: str) -> bytes:
@@ -300,7 +303,8 @@ class _Handler(BaseHTTPRequestHandler):
             code = "OK"
         except ModelError as exc:
             code = exc.code
-            self._send(HTTP_STATUS.get(code, 500), dumps({"error": str(exc)}))
+            status = getattr(exc, "status", None) or HTTP_STATUS.get(code, 500)
+            self._send(status, dumps({"error": str(exc)}))
         except Exception:  # never a traceback to the client: log it, answer 500
             log.exception("REST %s %s failed", method, path)
             code = "INTERNAL"
@@ -318,6 +322,14 @@ class _Handler(BaseHTTPRequestHandler):
             with manager.acquire(version, label) as model:
                 return model.signature(sig_name or SIGNATURE_NAME)
 
+        # Bound what json.loads may build before it runs: every JSON array costs ~70 bytes of
+        # Python objects for a few bytes of body (a 64 MB body of "[0]," would take ~1 GB).
+        arrays = body.count(b"[")
+        if arrays > MAX_JSON_ARRAYS:
+            raise _too_large(
+                f"request body holds {arrays} JSON arrays, more than the limit of "
+                f"{MAX_JSON_ARRAYS}; send fewer instances per request"
+            )
         sig_name, inputs, fmt = parse_predict_json(body, signature_for)
         result = core.predict(
             name,

@@ -17,6 +17,7 @@ import time
 from pathlib import Path
 from typing import Any, NoReturn
 
+from serving.cli_numbers import NON_NEGATIVE_FLOAT, NON_NEGATIVE_INT, PORT, POSITIVE_INT
 from serving.contract import GRPC_PORT, REST_PORT
 
 # The serving modules (config, core, front ends) are imported inside ModelServer and main, not
@@ -37,29 +38,6 @@ def _bool(text: str) -> bool:
     raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
 
 
-def _port(text: str) -> int:
-    try:
-        port = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a port number: {text!r}") from None
-    if not 0 <= port <= 65535:
-        raise argparse.ArgumentTypeError(f"port out of range 0-65535: {port}")
-    return port
-
-
-def _non_negative(kind: type) -> Any:
-    def parse(text: str) -> Any:
-        try:
-            value = kind(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"not a {kind.__name__}: {text!r}") from None
-        if value < 0:
-            raise argparse.ArgumentTypeError(f"must be >= 0, got {text}")
-        return value
-
-    return parse
-
-
 class _Parser(argparse.ArgumentParser):
     """argparse with a one-line error message (no usage dump), exit status 2."""
 
@@ -77,22 +55,22 @@ def build_parser() -> argparse.ArgumentParser:
         ),
         allow_abbrev=False,
     )
-    p.add_argument("--port", type=_port, default=GRPC_PORT, help=f"gRPC port (default {GRPC_PORT})")
+    p.add_argument("--port", type=PORT, default=GRPC_PORT, help=f"gRPC port (default {GRPC_PORT})")
     p.add_argument(
         "--rest_api_port",
-        type=_port,
+        type=PORT,
         default=REST_PORT,
         help=f"REST port (default {REST_PORT}, as in the tensorflow/serving image; 0 disables REST)",
     )
     p.add_argument(
         "--rest_api_num_threads",
-        type=_non_negative(int),
+        type=POSITIVE_INT,
         default=4 * (os.cpu_count() or 1),
         help="REST requests processed at once (default 4 x CPUs, like TF Serving)",
     )
     p.add_argument(
         "--rest_api_timeout_in_ms",
-        type=_non_negative(int),
+        type=NON_NEGATIVE_INT,
         default=30000,
         help="REST deadline for a request waiting in the batching queue (default 30000)",
     )
@@ -106,13 +84,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model_config_file", default=None, help="ModelServerConfig text proto")
     p.add_argument(
         "--model_config_file_poll_wait_seconds",
-        type=_non_negative(int),
+        type=NON_NEGATIVE_INT,
         default=0,
         help="re-read --model_config_file every N seconds (0: never, the default)",
     )
     p.add_argument(
         "--file_system_poll_wait_seconds",
-        type=_non_negative(float),
+        type=NON_NEGATIVE_FLOAT,
         default=1,
         help="seconds between scans of the base paths for new/removed versions (default 1)",
     )
@@ -145,13 +123,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--grpc_max_threads",
-        type=_non_negative(int),
+        type=NON_NEGATIVE_INT,
         default=32,
         help="gRPC worker threads (convserve extension; default 32)",
     )
     p.add_argument(
         "--shutdown_grace_seconds",
-        type=_non_negative(float),
+        type=NON_NEGATIVE_FLOAT,
         default=30.0,
         help="on SIGTERM, how long in-flight requests may take (convserve extension)",
     )
@@ -186,8 +164,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         parser.error("--port and --rest_api_port are both 0: nothing to serve on")
     if args.port and args.port == args.rest_api_port:
         parser.error(f"--port and --rest_api_port are both {args.port}")
-    if args.rest_api_num_threads < 1:
-        parser.error("--rest_api_num_threads must be >= 1")
     if args.model_base_path:
         args.model_base_path = str(Path(args.model_base_path).expanduser().resolve())
     return args

@@ -9,7 +9,6 @@
 
 from __future__ import annotations
 
-import os
 import shutil
 import subprocess
 import sys
@@ -17,7 +16,6 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-import pytest
 import yaml
 
 from loadtest.stack import (
@@ -30,6 +28,7 @@ from loadtest.stack import (
     modelserver_command,
     python_command,
 )
+from tests.support.ci import missing
 
 ROOT = Path(__file__).resolve().parents[2]
 K8S = ROOT / "k8s"
@@ -53,10 +52,7 @@ def tool(name: str) -> str:
     local = Path(sys.executable).parent / name
     found = str(local) if local.is_file() else shutil.which(name)
     if found is None:
-        message = f"{name} is not installed (.ci/run installs it)"
-        if os.environ.get("CI"):
-            pytest.fail(message)
-        pytest.skip(message)
+        missing(f"{name} is not installed (.ci/run installs it)")
     return found
 
 

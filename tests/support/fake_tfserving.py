@@ -53,6 +53,8 @@ class FakeTFServing(
         self.requests: list = []
         self.use_float_val = False
         self.version = 7
+        #: when set, answered instead of the computed probabilities (e.g. NaN)
+        self.probabilities: np.ndarray | None = None
 
     #: when set, the details text of scripted failures (default "scripted <CODE>")
     next_details: str | None = None
@@ -70,7 +72,7 @@ class FakeTFServing(
         tensor = request.inputs["images"]
         shape = [d.size for d in tensor.tensor_shape.dim]
         batch = np.frombuffer(tensor.tensor_content, dtype="<f4").reshape(shape)
-        probs = fake_probabilities(batch)
+        probs = fake_probabilities(batch) if self.probabilities is None else self.probabilities
         response = pb.predict_pb2.PredictResponse()
         response.model_spec.name = request.model_spec.name
         response.model_spec.version.value = self.version
