@@ -47,19 +47,27 @@ def test_rss_growth_beyond_the_limit_after_warmup_fails():
     assert _crossed(grows, max_rss_growth=0.5) == []
 
 
-def test_one_more_fd_thread_or_metrics_file_fails_unless_allowed():
-    assert _crossed(_samples(60, fds=lambda i: 10 + (i > 40))) == [
-        "gateway: fds grew by 1 (allowed 0)"
+def test_fds_or_threads_that_keep_rising_fail_unless_allowed():
+    # one more every 10 s (a leak per version swap): 13 in the first half, 15 at the end
+    assert _crossed(_samples(60, fds=lambda i: 10 + i // 10)) == [
+        "gateway: fds grew by 2 (allowed 0)"
     ]
-    assert _crossed(_samples(60, fds=lambda i: 10 + (i > 40)), max_fd_growth=1) == []
-    assert _crossed(_samples(60, threads=lambda i: 4 + (i > 40))) == [
+    assert _crossed(_samples(60, fds=lambda i: 10 + i // 10), max_fd_growth=2) == []
+    assert _crossed(_samples(60, threads=lambda i: 4 + (i >= 56))) == [
         "gateway: threads grew by 1 (allowed 0)"
     ]
+    # a pool that fills up to its bound early on and stays there is not growth
+    assert _crossed(_samples(60, threads=lambda i: 4 + min(i, 30) // 10)) == []
+
+
+def test_one_more_metrics_file_after_warmup_fails():
     assert _crossed(_samples(60, files=lambda i: 3 + (i > 40))) == [
         "metrics dir: files grew 3 -> 4",
         "metrics dir: bytes grew 12288 -> 16384",
     ]
-    # a brief spike in the middle is not growth
+
+
+def test_a_brief_spike_is_not_growth():
     assert _crossed(_samples(60, threads=lambda i: 9 if i == 30 else 4)) == []
 
 
