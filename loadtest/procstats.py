@@ -15,12 +15,12 @@ Processes are keyed ``<role>`` for the main process and ``<role>/<pid>`` for des
 from __future__ import annotations
 
 import os
-import threading
 import time
 from collections.abc import Mapping
 from pathlib import Path
-from types import TracebackType
 from typing import Any
+
+from loadtest.periodic import Periodic
 
 PROC = Path("/proc")
 
@@ -88,8 +88,9 @@ def sample(roots: Mapping[str, int], dirs: Mapping[str, Path]) -> dict[str, Any]
     return {"processes": processes, "dirs": {name: read_dir(d) for name, d in dirs.items()}}
 
 
-class Sampler:
-    """`sample` every ``interval_s`` in a daemon thread, from `start` to `stop`."""
+class Sampler(Periodic):
+    """`sample` every ``interval_s`` (the first at once) into ``samples``, from `start` to
+    `stop`; each sample carries ``t``, seconds since `start`."""
 
     def __init__(
         self,
@@ -98,41 +99,18 @@ class Sampler:
         dirs: Mapping[str, Path] | None = None,
         interval_s: float = 1.0,
     ):
+        super().__init__(interval_s, name="procstats", first_now=True)
         self.roots = dict(roots)
         self.dirs = dict(dirs or {})
-        self.interval_s = interval_s
         self.samples: list[dict[str, Any]] = []
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
         self._t0 = 0.0
 
-    def _run(self) -> None:
-        while True:
-            record = sample(self.roots, self.dirs)
-            self.samples.append({"t": round(time.monotonic() - self._t0, 3), **record})
-            if self._stop.wait(self.interval_s):
-                return
-
     def start(self) -> Sampler:
-        """Take the first sample now, then one every ``interval_s``."""
+        """Start sampling (the clock of ``t`` starts now)."""
         self._t0 = time.monotonic()
-        self._thread = threading.Thread(target=self._run, name="procstats", daemon=True)
-        self._thread.start()
-        return self
+        return super().start()
 
-    def stop(self) -> None:
-        """Stop sampling."""
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(timeout=30)
-
-    def __enter__(self) -> Sampler:
-        return self.start()
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
+    def tick(self) -> None:
+        """Take one sample."""
+        record = sample(self.roots, self.dirs)
+        self.samples.append({"t": round(time.monotonic() - self._t0, 3), **record})

@@ -18,10 +18,9 @@ from __future__ import annotations
 import logging
 import os
 import shutil
-import threading
 from pathlib import Path
-from types import TracebackType
 
+from loadtest.periodic import Periodic
 from serving.contract import list_versions
 
 log = logging.getLogger(__name__)
@@ -47,22 +46,20 @@ def remove_version(base: str | os.PathLike[str], version: int) -> None:
     shutil.rmtree(doomed)
 
 
-class VersionSwapper:
+class VersionSwapper(Periodic):
     """Every ``every_s`` seconds: publish a copy of the newest version as newest + 1, then remove
     the oldest while more than ``keep`` versions remain. Runs in a daemon thread between
     `start` and `stop`; an error stops it and is kept in ``error`` (and logged)."""
 
     def __init__(self, base: str | os.PathLike[str], every_s: float, *, keep: int = 2):
-        if every_s <= 0 or keep < 1:
-            raise ValueError("every_s must be > 0 and keep >= 1")
+        if keep < 1:
+            raise ValueError("keep must be >= 1")
+        super().__init__(every_s, name="version-swapper")
         self.base = Path(base)
-        self.every_s = every_s
         self.keep = keep
         self.published: list[int] = []
         self.removed: list[int] = []
         self.error: str = ""
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
 
     def swap_once(self) -> None:
         """One swap: publish newest + 1, remove the oldest beyond ``keep``."""
@@ -77,34 +74,12 @@ class VersionSwapper:
             self.removed.append(old)
         log.info("versions: published %d, now %s", new, list_versions(self.base))
 
-    def _run(self) -> None:
-        while not self._stop.wait(self.every_s):
-            try:
-                self.swap_once()
-            except OSError as exc:
-                self.error = f"version swap failed: {exc}"
-                log.error("%s", self.error)
-                return
-
-    def start(self) -> VersionSwapper:
-        """Start swapping in a daemon thread (the first swap after ``every_s``)."""
-        self._thread = threading.Thread(target=self._run, name="version-swapper", daemon=True)
-        self._thread.start()
-        return self
-
-    def stop(self) -> None:
-        """Stop swapping (waits for a swap in progress)."""
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(timeout=60)
-
-    def __enter__(self) -> VersionSwapper:
-        return self.start()
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
+    def tick(self) -> bool:
+        """One swap; False (stop) after a failed one."""
+        try:
+            self.swap_once()
+        except OSError as exc:
+            self.error = f"version swap failed: {exc}"
+            log.error("%s", self.error)
+            return False
+        return True

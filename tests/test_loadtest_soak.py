@@ -15,6 +15,8 @@ import pytest
 from loadtest.procstats import children, read_dir, read_process, sample
 from loadtest.servers import ROOT
 from loadtest.soak import SoakSettings, growth_crossed, resource_growth
+from loadtest.versions import VersionSwapper, publish_copy
+from serving.contract import list_versions
 from tests.support.cli import loadtest_main
 
 
@@ -199,3 +201,19 @@ def test_soak_60s_with_version_swaps_passes_every_default_threshold(exported_mod
     assert len(report["swaps"]["published"]) >= 8
     roles = {k.split("/")[0] for k in report["growth"]["processes"]}
     assert roles == {"gateway", "modelserver"}
+
+
+def test_version_swapper_publishes_the_next_and_removes_the_oldest(tmp_path):
+    (tmp_path / "3" / "variables").mkdir(parents=True)
+    (tmp_path / "3" / "saved_model.pb").write_bytes(b"graph")
+    (tmp_path / "3" / "variables" / "variables.index").write_bytes(b"index")
+    swapper = VersionSwapper(tmp_path, 1.0, keep=2)
+    swapper.swap_once()
+    assert list_versions(tmp_path) == [3, 4]
+    swapper.swap_once()
+    assert list_versions(tmp_path) == [4, 5]
+    assert (swapper.published, swapper.removed) == ([4, 5], [3])
+    assert (tmp_path / "5" / "variables" / "variables.index").read_bytes() == b"index"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["4", "5"]  # no dot folder left
+    with pytest.raises(FileExistsError):
+        publish_copy(tmp_path, 4, 5)
