@@ -185,12 +185,14 @@ def test_soak_smoke_writes_its_report_and_an_impossible_threshold_exits_1(export
 
 @pytest.mark.integration
 @pytest.mark.slow
-def test_soak_60s_with_version_swaps_passes_every_default_threshold(exported_model, tmp_path):
+def test_soak_60s_with_version_swaps_passes_every_threshold(exported_model, tmp_path):
+    # RSS within 3% (not the default 10%): without a gc.collect() after each unload the model
+    # server grew ~5% in these 40 measured seconds (~4 MiB per swap); with it, ~0.3%.
     out = tmp_path / "soak"
     proc = _soak(
         "--model-dir", str(exported_model), "--backend", "grpc", "--users", "8",
         "--fraction", "0.8", "--peak-duration", "10s", "--duration", "60s", "--warmup", "20s",
-        "--swap-every", "5", "--out", str(out),
+        "--swap-every", "5", "--max-rss-growth", "0.03", "--out", str(out),
         timeout=600,
     )  # fmt: skip
     report = json.loads((out / "soak.json").read_text())

@@ -188,7 +188,7 @@ class ServerCore:
                     for outcome in ("success", "failure"):
                         self.metrics.model_loads.labels(name, outcome)
                 try:  # like TF Serving, load what is there before answering requests
-                    manager.poll()
+                    manager.poll_until_settled()
                 except OSError as exc:
                     log.warning("model %s: cannot read %s: %s", name, mc.base_path, exc)
                 manager.start()
