@@ -171,7 +171,8 @@ def test_soak_smoke_writes_its_report_and_an_impossible_threshold_exits_1(export
     for name in ("samples.json", "resources.png", "load/summary.json", "load/report.html"):
         assert (out / name).is_file(), name
     load = report["load"]
-    assert load["requests"] >= 20 and load["failures"] == 0 and report["rate"] == 10, load
+    assert load["failures"] == 0 and report["rate"] == 10 and load["throughput_target"] == 10
+    assert 20 <= load["requests"] <= 90, load  # paced: ~10 req/s for 6 s, not as fast as it can
     growth = report["growth"]
     assert sorted(k.split("/")[0] for k in growth["processes"]) == ["gateway", "gateway"]
     assert growth["gone"] == growth["appeared"] == []
