@@ -16,7 +16,7 @@ PYTEST_ARGS ?=
 
 .DEFAULT_GOAL := help
 .PHONY: help install run test test-fast lint format train train-quick evaluate inspect visualize quick-model serve-modelserver serve-modelserver-batching predict \
-	bench-preprocess bench-modelserver bench-gateway bench-peers loadtest compare images clean \
+	bench-preprocess bench-modelserver bench-gateway bench-peers loadtest compare soak images clean \
 	stack validate-deploy k8s-config
 
 help: ## list the targets
@@ -83,6 +83,10 @@ loadtest: $(STAMP) ## 30 s Locust run against `make run`'s gateway on :8080 (GAT
 
 compare: quick-model ## start and load every configuration in turn (gateway, model server, peers, floors); table in runs/compare/
 	$(PY) -m loadtest compare --model-dir $(MODEL_DIR) --users $${USERS:-32} --duration $${DURATION:-20s} --out runs/compare
+
+soak: quick-model ## 10 min at 80% of the measured peak, gateway → model server gRPC, a new model version every 30 s; growth checks, report in runs/soak/
+	$(PY) -m loadtest soak --model-dir $(MODEL_DIR) --backend $${BACKEND:-grpc} --users $${USERS:-32} \
+		--fraction $${FRACTION:-0.8} --duration $${DURATION:-10m} --swap-every $${SWAP_EVERY:-30} --out runs/soak
 
 bench-gateway: quick-model ## gateway vs instant-backend gateway vs the Flask floor under wrk, same gunicorn settings (needs wrk)
 	$(PY) -m loadtest.gateway --model-dir $(MODEL_DIR) --image tests/support/images/ankle_boot.png

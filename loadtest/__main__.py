@@ -1,4 +1,5 @@
-"""convserve load tests: ``python -m loadtest run`` (one Locust run) and ``compare`` (all rows).
+"""convserve load tests: ``python -m loadtest run`` (one Locust run), ``compare`` (all rows) and
+``soak`` (sustained load with resource growth checks).
 
 Usage::
 
@@ -12,16 +13,22 @@ Usage::
     python -m loadtest compare --model-dir models/fashion_mnist --users 32 --duration 20s \\
         --out runs/compare
     python -m loadtest compare --list           # the rows and whether each can run
+    # 10 minutes at 80% of the measured peak, a new model version every 30 s; growth checks
+    python -m loadtest soak --model-dir models/fashion_mnist --backend grpc --fraction 0.8 \
+        --duration 10m --swap-every 30 --out runs/soak
 
 ``run`` writes Locust's CSVs and HTML report, ``summary.json``, ``checks.json`` and
 ``timeline.png`` into ``--out``. ``compare`` writes one such folder per row plus
 ``compare.json``, ``compare.md`` and ``compare.png``, and prints the markdown table.
+``soak`` writes ``peak/`` and ``load/`` (run's artefacts), ``samples.json``, ``resources.png``
+and ``soak.json`` (see `loadtest.soak`).
 
 Images are the Fashion-MNIST test set when ``FASHION_MNIST_DIR`` is set (answers are then also
 compared with the dataset labels: ``wrong_labels``), else a small generated set (no labels).
 
-Exit codes: 0 done (thresholds met); 1 a threshold was crossed (``run``) or a row failed or had
-failed requests (``compare``); 2 bad arguments or an unreachable host; 3 Locust itself failed.
+Exit codes: 0 done (thresholds met); 1 a threshold was crossed (``run``, ``soak``: a failed
+request, resource growth) or a row failed or had failed requests (``compare``); 2 bad arguments
+or an unreachable host; 3 Locust itself failed (or, ``soak``, a server did not start).
 """
 
 from __future__ import annotations
@@ -32,12 +39,21 @@ import logging
 import os
 import sys
 from pathlib import Path
-from typing import NoReturn
+from typing import Any, NoReturn
 
 from loadtest import compare
+from loadtest import soak as soak_mod
 from loadtest.run import LoadSpec, LoadTestError, Unreachable, parse_duration, run_load
+from loadtest.servers import StartError
 from loadtest.targets import PAYLOADS, TARGETS
-from serving.cli_numbers import POSITIVE_FLOAT, POSITIVE_INT, RATIO
+from serving.cli_numbers import (
+    NON_NEGATIVE_FLOAT,
+    NON_NEGATIVE_INT,
+    POSITIVE_FLOAT,
+    POSITIVE_INT,
+    RATIO,
+    Number,
+)
 
 EXIT_OK, EXIT_THRESHOLD, EXIT_USAGE, EXIT_LOCUST = 0, 1, 2, 3
 
@@ -169,7 +185,84 @@ def build_parser() -> argparse.ArgumentParser:
     cmp_.add_argument(
         "--list", action="store_true", help="list the rows and whether each can run, then exit"
     )
+    _add_soak_parser(sub)
     return parser
+
+
+def _add_soak_parser(sub: Any) -> None:
+    soak = sub.add_parser(
+        "soak",
+        help="sustained load on a gateway it starts, with RSS/fd/thread/metrics-dir growth checks",
+        description="Start the gateway (and model server), load it at a fixed rate for a long "
+        "time, optionally swapping model versions, and check that no request fails and that no "
+        "process grows (RSS, open fds, threads, prometheus multiprocess files).",
+    )
+    soak.add_argument(
+        "--model-dir",
+        type=Path,
+        default=Path("models/fashion_mnist"),
+        help="exported model base dir; its newest version is copied, never modified",
+    )
+    soak.add_argument(
+        "--backend", choices=soak_mod.BACKENDS, default="grpc", help="gateway backend (grpc)"
+    )
+    soak.add_argument("--users", type=POSITIVE_INT, default=32, help="concurrent users (32)")
+    soak.add_argument("--duration", type=_duration, default="10m", help="soak time (10m)")
+    soak.add_argument(
+        "--warmup", type=_duration, default="1m", help="growth is measured after this (1m)"
+    )
+    pace = soak.add_mutually_exclusive_group()
+    pace.add_argument(
+        "--rate", type=POSITIVE_FLOAT, default=None, help="requests per second, all users"
+    )
+    pace.add_argument(
+        "--fraction",
+        type=Number(float, low=0, high=1, low_open=True),
+        default=0.8,
+        help="of the peak measured by an unpaced run first (0.8)",
+    )
+    soak.add_argument(
+        "--peak-duration", type=_duration, default="20s", help="the peak run's length (20s)"
+    )
+    soak.add_argument(
+        "--swap-every",
+        type=POSITIVE_FLOAT,
+        default=None,
+        metavar="SECONDS",
+        help="publish a new model version (a copy) and remove the oldest every SECONDS",
+    )
+    soak.add_argument(
+        "--sample-every", type=POSITIVE_FLOAT, default=1.0, help="seconds between samples (1)"
+    )
+    soak.add_argument(
+        "--poll", type=POSITIVE_FLOAT, default=1.0, help="model folder poll interval, s (1)"
+    )
+    soak.add_argument(
+        "--images", type=POSITIVE_INT, default=1000, help="test images to cycle through (1000)"
+    )
+    soak.add_argument(
+        "--max-rss-growth",
+        type=NON_NEGATIVE_FLOAT,
+        default=0.10,
+        help="exit 1 if any process's RSS grows more than this fraction after warm-up (0.10)",
+    )
+    for what in ("fd", "thread"):
+        soak.add_argument(
+            f"--max-{what}-growth",
+            type=NON_NEGATIVE_INT,
+            default=0,
+            help=f"exit 1 if any process's {what} count grows by more than this (0)",
+        )
+    soak.add_argument(
+        "--max-p99-ms", type=POSITIVE_FLOAT, default=None, help="exit 1 above this p99 (ms)"
+    )
+    soak.add_argument(
+        "--workers", type=POSITIVE_INT, default=None, help="GATEWAY_WORKERS of the gateway"
+    )
+    soak.add_argument(
+        "--threads", type=POSITIVE_INT, default=None, help="GATEWAY_THREADS of the gateway"
+    )
+    soak.add_argument("--out", type=Path, default=Path("runs/soak"), help="artefacts folder")
 
 
 def _run(args: argparse.Namespace) -> int:
@@ -241,12 +334,59 @@ def _compare(args: argparse.Namespace) -> int:
     return EXIT_THRESHOLD if bad else EXIT_OK
 
 
+def _soak(args: argparse.Namespace) -> int:
+    env = compare.gateway_env_from(dict(os.environ), args.workers, args.threads)
+    settings = soak_mod.SoakSettings(
+        model_dir=args.model_dir.resolve(),
+        out=args.out,
+        backend=args.backend,
+        duration=args.duration,
+        warmup=args.warmup,
+        users=args.users,
+        rate=args.rate,
+        fraction=args.fraction,
+        peak_duration=args.peak_duration,
+        swap_every_s=args.swap_every or 0.0,
+        sample_every_s=args.sample_every,
+        poll_s=args.poll,
+        images=args.images,
+        max_rss_growth=args.max_rss_growth,
+        max_fd_growth=args.max_fd_growth,
+        max_thread_growth=args.max_thread_growth,
+        max_p99_ms=args.max_p99_ms,
+        gateway_env=tuple(sorted(env.items())),
+    )
+    try:
+        settings.validate()
+    except ValueError as exc:
+        print(f"loadtest soak: error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    try:
+        result = soak_mod.run_soak(settings)
+    except (LoadTestError, StartError) as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        print(f"loadtest soak: error: {first}", file=sys.stderr)
+        return EXIT_LOCUST
+    except ValueError as exc:  # e.g. too few samples after the warm-up
+        print(f"loadtest soak: error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    load = result.report["load"]
+    print(
+        f"loadtest soak: {load['requests']} requests at {result.report['rate']:g} req/s, "
+        f"{load['failures']} failed, p99 {load['p99_ms']} ms; report in {args.out / 'soak.json'}"
+    )
+    for message in result.crossed:
+        print(f"loadtest soak: threshold crossed: {message}", file=sys.stderr)
+    return EXIT_THRESHOLD if result.crossed else EXIT_OK
+
+
 def main(argv: list[str] | None = None) -> int:
     """Parse the command line and run the subcommand; returns the exit code."""
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    return _run(args) if args.command == "run" else _compare(args)
+    commands = {"run": _run, "compare": _compare, "soak": _soak}
+    return commands[args.command](args)
 
 
 if __name__ == "__main__":

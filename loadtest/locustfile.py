@@ -24,6 +24,9 @@ Users (``--target`` picks one unless user classes are named on the command line)
 - ``PeerUser`` (``peer``, FastHttpUser): a peer of ``loadtest/peers/`` (``--peer bentoml``),
   with the request body and answer parsing that peer's registry entry defines.
 
+``--throughput R`` paces all users together to R requests per second (``python -m loadtest
+soak`` uses it); by default every user sends its next request as soon as the last answered.
+
 Every response is checked (status, JSON shape, one answer of 10 probabilities per image); a bad
 one is a failure. Images come from the Fashion-MNIST test set when ``FASHION_MNIST_DIR`` is set
 (then each answer's class is also compared with the dataset label), else from a small generated
@@ -48,7 +51,7 @@ from typing import Any
 
 import grpc.experimental.gevent
 import numpy as np
-from locust import FastHttpUser, User, events, task
+from locust import FastHttpUser, User, constant_throughput, events, task
 from locust.runners import MasterRunner, WorkerRunner
 
 from loadtest.images import ImageSet, load_images
@@ -110,6 +113,13 @@ def _add_arguments(parser: Any) -> None:
         default=10.0,
         env_var="LOCUST_REQUEST_TIMEOUT",
         help="seconds before a request counts as failed (default 10)",
+    )
+    group.add_argument(
+        "--throughput",
+        type=float,
+        default=0.0,
+        env_var="LOCUST_THROUGHPUT",
+        help="requests per second of all users together (default 0: as fast as they can)",
     )
     group.add_argument(
         "--check-stats-file",
@@ -199,6 +209,8 @@ def _on_init(environment: Any, **_kw: Any) -> None:
         raise SystemExit("locustfile: --target peer needs --peer NAME")
     if opts.request_timeout <= 0 or opts.images < 1:
         raise SystemExit("locustfile: --request-timeout and --images must be positive")
+    if not 0 <= opts.throughput < float("inf"):
+        raise SystemExit("locustfile: --throughput must be a finite number >= 0")
     log.info("images: %s", _images().source)
     if not opts.user_classes:  # user classes named on the command line win over --target
         wanted = TARGETS[opts.target]
@@ -365,7 +377,19 @@ def _post_checked(
 
 
 # -- users ---------------------------------------------------------------------------------------
-class GatewayUser(FastHttpUser):
+class _Paced:
+    """Users that wait between requests so that all of them together send ``--throughput``
+    requests per second (Locust's ``constant_throughput`` per user); no wait when it is 0."""
+
+    def wait_time(self) -> float:
+        opts = _options()
+        if not opts.throughput:
+            return 0.0
+        # the pacing state lives on the user instance, so a fresh function per call is fine
+        return constant_throughput(opts.throughput / max(1, opts.num_users))(self)
+
+
+class GatewayUser(_Paced, FastHttpUser):
     """``POST /v1/predict`` on the gateway with PNG images (raw, multipart or JSON b64)."""
 
     def on_start(self) -> None:
@@ -382,7 +406,7 @@ class GatewayUser(FastHttpUser):
         _post_checked(self, "/v1/predict", body, headers, name, parse, labels)
 
 
-class RestUser(FastHttpUser):
+class RestUser(_Paced, FastHttpUser):
     """TF Serving's REST ``POST /v1/models/<name>:predict`` with float instances."""
 
     path = f"/v1/models/{MODEL_NAME}:predict"
@@ -400,7 +424,7 @@ class RestUser(FastHttpUser):
         _post_checked(self, self.path, body, headers, f"{self.path} [x{n}]", parse, labels)
 
 
-class GrpcUser(User):
+class GrpcUser(_Paced, User):
     """TF Serving's gRPC ``Predict`` (``--host grpc://host:8500``), one request event per call."""
 
     def on_start(self) -> None:
@@ -441,7 +465,7 @@ class GrpcUser(User):
         )
 
 
-class PeerUser(FastHttpUser):
+class PeerUser(_Paced, FastHttpUser):
     """A peer of ``loadtest/peers/`` (``--peer NAME``): its own request body and answer shape."""
 
     def on_start(self) -> None:

@@ -100,6 +100,7 @@ class LoadSpec:
     images: int = 1000
     request_timeout: float = 10.0
     processes: int = 1
+    throughput: float = 0.0  # requests/s of all users together; 0: as fast as they can
     extra_args: tuple[str, ...] = field(default=())
 
     def validate(self) -> None:
@@ -112,6 +113,8 @@ class LoadSpec:
             raise ValueError("images must be >= 1 and the request timeout > 0")
         if self.processes < 1:
             raise ValueError("processes must be >= 1")
+        if not 0 <= self.throughput < float("inf"):
+            raise ValueError(f"throughput must be a finite number >= 0, got {self.throughput}")
         parse_duration(self.duration)
         if self.target == "gateway":
             payload_kinds(self.payload, self.batch_size)
@@ -213,6 +216,8 @@ def locust_argv(spec: LoadSpec) -> list[str]:
         "--check-stats-file",
         str(out / "checks.json"),
     ]
+    if spec.throughput:
+        argv += ["--throughput", f"{spec.throughput:g}"]
     if spec.processes > 1:
         argv += ["--processes", str(spec.processes)]
     return argv + list(spec.extra_args)
@@ -290,6 +295,7 @@ def summarize(spec: LoadSpec) -> dict[str, Any]:
         if spec.target == "gateway"
         else "",
         "processes": spec.processes,
+        "throughput_target": spec.throughput,
     }
 
 

@@ -25,6 +25,7 @@ This module imports TensorFlow: only the model server and the embedded backend u
 from __future__ import annotations
 
 import contextlib
+import gc
 import logging
 import os
 import threading
@@ -203,7 +204,8 @@ class LoadedModel:
         try:
             with session.graph.as_default():
                 tf.compat.v1.saved_model.loader.load(session, [SERVE_TAG], str(p))
-        except (OSError, ValueError, RuntimeError, tf.errors.OpError) as exc:
+        # TensorFlow raises IndexError ("Read less bytes than requested") on a truncated shard
+        except (OSError, ValueError, IndexError, RuntimeError, tf.errors.OpError) as exc:
             session.close()
             raise LoadError(f"cannot load SavedModel {p}: {exc}") from exc
         return cls(p, version, session, signature_defs)
@@ -351,11 +353,35 @@ class VersionPolicy:
         return sorted(available)[-self.num_versions :]
 
 
+Fingerprint = tuple[tuple[str, int, int], ...]
+
+
+def folder_fingerprint(path: str | os.PathLike[str]) -> Fingerprint | None:
+    """Every file under ``path`` as (relative path, size, mtime in ns), sorted; None if the
+    folder vanished while it was read. Two equal fingerprints mean nothing was written between."""
+    root = Path(path)
+    entries = []
+    try:
+        for dirpath, _dirs, files in os.walk(root, onerror=_raise):
+            for name in files:
+                st = os.stat(os.path.join(dirpath, name))
+                rel = os.path.relpath(os.path.join(dirpath, name), root)
+                entries.append((rel, st.st_size, st.st_mtime_ns))
+    except FileNotFoundError:
+        return None
+    return tuple(sorted(entries))
+
+
+def _raise(exc: OSError) -> None:
+    raise exc
+
+
 @dataclass
 class _Servable:
     version: int
     state: State = State.START
     error: str = ""
+    fingerprint: Fingerprint | None = None  # of the folder when its load began
     model: LoadedModel | None = None
     in_flight: int = 0
     cond: threading.Condition = field(default_factory=threading.Condition)
@@ -379,6 +405,14 @@ class ModelManager:
     that appeared and unloads the ones that disappeared or fell out of the policy. Requests
     take a version with `acquire()` (a context manager): a version being unloaded waits for
     those requests (up to ``drain_timeout_s``) before it is dropped.
+
+    A version folder is loaded only once it has settled: its `folder_fingerprint` (every
+    file's name, size and mtime) was the same at two polls at least ``settle_s`` apart
+    (default: the poll interval, at most 1 s; 0 loads at first sight; the poller wakes up
+    when a folder is due). A folder still being copied in is
+    therefore not loaded half-written. A version that fails to load is reported (state END
+    with the error) and retried only when its folder changes (rewritten, or a copy resumed)
+    or after it disappeared and came back; it is never served.
     """
 
     def __init__(
@@ -392,6 +426,7 @@ class ModelManager:
         loader: Loader | None = None,
         drain_timeout_s: float = 30.0,
         on_change: Callable[[ModelManager], None] | None = None,
+        settle_s: float | None = None,
     ):
         self.name = name
         self.base_path = Path(base_path)
@@ -401,6 +436,9 @@ class ModelManager:
         self._loader = loader or _default_loader
         self._drain_timeout_s = drain_timeout_s
         self._on_change = on_change
+        self.settle_s = min(poll_interval_s, 1.0) if settle_s is None else settle_s
+        # version -> (fingerprint, when it was first seen) of folders not yet settled
+        self._settling: dict[int, tuple[Fingerprint | None, float]] = {}
         self._lock = threading.RLock()
         self._poll_lock = threading.Lock()
         self._servables: dict[int, _Servable] = {}
@@ -424,7 +462,16 @@ class ModelManager:
                 log.warning("model %s: polling %s failed: %s", self.name, self.base_path, exc)
             except Exception:  # keep polling whatever happened; the log has the details
                 log.exception("model %s: polling %s failed", self.name, self.base_path)
-            self._stop.wait(self.poll_interval_s)
+            self._stop.wait(self._next_wait())
+
+    def _next_wait(self) -> float:
+        """Seconds to the next poll: the poll interval, or sooner when a folder settles."""
+        with self._lock:
+            first_seen = [seen for _fp, seen in self._settling.values()]
+        if not first_seen:
+            return self.poll_interval_s
+        due = min(first_seen) + self.settle_s - time.monotonic()
+        return min(self.poll_interval_s, max(due, 0.01))
 
     def close(self) -> None:
         """Stop polling and unload every version."""
@@ -461,13 +508,20 @@ class ModelManager:
             for version in wanted:
                 with self._lock:
                     servable = self._servables.get(version)
-                    # A version that failed to load is retried only after it disappears.
-                    if servable is not None and (
-                        servable.state in (State.LOADING, State.AVAILABLE) or servable.error
-                    ):
+                    if servable is not None and servable.state in (State.LOADING, State.AVAILABLE):
                         continue
-                self._load(version)
+                fingerprint = folder_fingerprint(self.base_path / str(version))
+                # A failed version is retried only once its folder changed.
+                if servable is not None and servable.error and fingerprint == servable.fingerprint:
+                    continue
+                if not self._settled(version, fingerprint):
+                    continue
+                self._load(version, fingerprint)
                 changed = True
+            with self._lock:
+                for version in list(self._settling):
+                    if version not in wanted:
+                        del self._settling[version]
             # TF Serving's AvailabilityPreservingPolicy: a version that is no longer wanted is
             # unloaded only once a wanted version is AVAILABLE (or nothing is wanted at all),
             # so a new version that fails to load never takes the model offline. Until then
@@ -484,17 +538,50 @@ class ModelManager:
             for version in unwanted:
                 self._unload(version)
                 changed = True
+            unloaded = bool(unwanted)
             with self._lock:
                 for version, servable in list(self._servables.items()):
                     # forget failed versions whose folder is gone, so a re-export is retried
                     if servable.error and version not in wanted:
                         del self._servables[version]
         if changed and self._on_change is not None:
-            self._on_change(self)
+            self._on_change(self)  # e.g. drops the model server's batcher of an unloaded version
+        if unloaded:
+            # A loaded SavedModel's Python objects (graph, functions) sit in reference cycles
+            # that the cyclic collector seldom reaches on its own: without this, every version
+            # swap left ~4 MiB behind (measured with eager loading; sessions are also closed).
+            gc.collect()
         return changed
 
-    def _load(self, version: int) -> None:
-        servable = _Servable(version, State.LOADING)
+    def poll_until_settled(self, max_rounds: int = 3) -> None:
+        """`poll`, then again one settle time later while a folder is still settling (at most
+        ``max_rounds`` polls): what is there at start-up is loaded before this returns."""
+        self.poll()
+        for _ in range(max_rounds - 1):
+            if not self.settling_versions():
+                return
+            time.sleep(self.settle_s)
+            self.poll()
+
+    def _settled(self, version: int, fingerprint: Fingerprint | None) -> bool:
+        """True once ``fingerprint`` has not changed for ``settle_s`` (see the class doc)."""
+        if self.settle_s <= 0:
+            return fingerprint is not None
+        now = time.monotonic()
+        with self._lock:
+            seen = self._settling.get(version)
+            if fingerprint is None or seen is None or seen[0] != fingerprint:
+                if seen is not None:
+                    log.info("model %s: version %d is still being written", self.name, version)
+                self._settling[version] = (fingerprint, now)
+                return False
+            if now - seen[1] < self.settle_s:
+                return False
+            del self._settling[version]
+            return True
+
+    def _load(self, version: int, fingerprint: Fingerprint | None = None) -> None:
+        servable = _Servable(version, State.LOADING, fingerprint=fingerprint)
         with self._lock:
             self._servables[version] = servable
         path = self.base_path / str(version)
@@ -611,6 +698,11 @@ class ModelManager:
                 VersionStatus(v, s.state.value, s.error)
                 for v, s in sorted(self._servables.items(), reverse=True)
             ]
+
+    def settling_versions(self) -> list[int]:
+        """Versions whose folder was seen but is not loaded yet (still settling), ascending."""
+        with self._lock:
+            return sorted(self._settling)
 
     def available_versions(self) -> list[int]:
         """Versions currently AVAILABLE, ascending."""

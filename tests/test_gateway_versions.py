@@ -4,26 +4,18 @@ backend the gateway uses: the same two-version export behind the embedded backen
 
 from __future__ import annotations
 
-import os
 import shutil
 import time
-from pathlib import Path
 
 import pytest
 
 from loadtest.servers import start_modelserver
+from loadtest.versions import publish_copy
 from serving.gateway import create_app
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 POLL_S = 0.2
-
-
-def _publish(base: Path, src: int, dst: int) -> None:
-    """Publish version ``dst`` as a copy of ``src`` the way an exporter does: write, then rename."""
-    tmp = base / f".tmp-{dst}"
-    shutil.copytree(base / str(src), tmp)
-    os.rename(tmp, base / str(dst))
 
 
 def _versions(client) -> list[dict]:
@@ -56,7 +48,7 @@ def test_models_lists_versions_newest_first_for_every_backend(exported_model, tm
         try:
             one = [{"version": 1, "state": "AVAILABLE", "error": ""}]
             assert _wait_for(clients, one) == dict.fromkeys(clients, one)
-            _publish(base, 1, 2)
+            publish_copy(base, 1, 2)
             # Version 2 replaces 1 (latest policy): 2 AVAILABLE, then 1 unloaded (END).
             both = [
                 {"version": 2, "state": "AVAILABLE", "error": ""},

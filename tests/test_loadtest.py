@@ -20,11 +20,11 @@ import pytest
 import requests
 from prometheus_client.parser import text_string_to_metric_families
 
-from loadtest.__main__ import main
 from loadtest.images import load_images
 from loadtest.run import SUMMARY_KEYS, LoadSpec, Unreachable, aggregate, check_reachable, run_load
 from loadtest.servers import ROOT, start_gateway, start_modelserver
 from serving.contract import MODEL_NAME
+from tests.support.cli import loadtest_main
 
 MONITORING = f"--monitoring_config_file={ROOT / 'serving' / 'config' / 'monitoring.config'}"
 ARTEFACTS = (
@@ -49,14 +49,6 @@ def _cli(*args: str, timeout: float = 120) -> subprocess.CompletedProcess:
         text=True,
         timeout=timeout,
     )
-
-
-def _main(argv: list[str]) -> int:
-    """``python -m loadtest`` in this process; argparse's errors exit through SystemExit."""
-    try:
-        return main(argv)
-    except SystemExit as exc:
-        return int(exc.code)
 
 
 def _samples(url: str) -> dict[tuple[str, tuple], float]:
@@ -127,7 +119,7 @@ def test_aggregate_matches_locusts_percentile_rule():
 )
 def test_run_usage_errors_are_one_line_exit_2(tmp_path, capsys, args, message):
     base = ["run", "--target", "gateway", "--host", "http://127.0.0.1:1", "--out", str(tmp_path)]
-    code = _main([*base, "--duration", "2s", *args])
+    code = loadtest_main([*base, "--duration", "2s", *args])
     err = capsys.readouterr().err
     assert code == 2, err
     assert message in err

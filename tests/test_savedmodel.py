@@ -15,6 +15,7 @@ from serving.contract import CLASS_NAMES, list_versions
 from serving.savedmodel import (
     InvalidInput,
     LoadedModel,
+    LoadError,
     ModelManager,
     ServableNotFound,
     UnknownLabel,
@@ -139,7 +140,7 @@ def test_manager_serves_latest_and_swaps_versions(tmp_path: Path, model_base: Pa
 
 def test_unload_waits_for_requests_in_flight(tmp_path: Path, model_base: Path, images):
     base = make_versions(tmp_path, model_base, [1])
-    manager = ModelManager("fashion_mnist", base, poll_interval_s=3600)
+    manager = ModelManager("fashion_mnist", base, poll_interval_s=3600, settle_s=0)
     manager.poll()
     held = threading.Event()
     release = threading.Event()
@@ -184,6 +185,7 @@ def test_policies_and_labels(tmp_path: Path, model_base: Path):
         VersionPolicy.latest(2),
         labels={"stable": 2, "canary": 3},
         loader=loader,
+        settle_s=0,
     )
     manager.poll()
     assert manager.available_versions() == [2, 3]
@@ -205,7 +207,7 @@ def test_failed_load_is_reported_and_not_served(tmp_path: Path, model_base: Path
     base = make_versions(tmp_path, model_base, [1])
     (base / "2").mkdir()
     (base / "2" / "saved_model.pb").write_bytes(b"not a protobuf")
-    manager = ModelManager("fashion_mnist", base, VersionPolicy.all())
+    manager = ModelManager("fashion_mnist", base, VersionPolicy.all(), settle_s=0)
     manager.poll()
     status = {s.version: s for s in manager.status()}
     assert status[1] == VersionStatus(1, "AVAILABLE")
@@ -251,7 +253,7 @@ def test_unexpected_loader_error_is_reported_and_polling_goes_on(tmp_path: Path,
 def test_failed_new_version_does_not_take_the_model_offline(tmp_path: Path, model_base: Path):
     # TF Serving's AvailabilityPreservingPolicy: v3 is unloaded only once a wanted version is up
     base = make_versions(tmp_path, model_base, [3])
-    manager = ModelManager("fashion_mnist", base, VersionPolicy.latest(1))
+    manager = ModelManager("fashion_mnist", base, VersionPolicy.latest(1), settle_s=0)
     manager.poll()
     assert manager.available_versions() == [3]
     (base / "4").mkdir()
@@ -267,3 +269,80 @@ def test_failed_new_version_does_not_take_the_model_offline(tmp_path: Path, mode
     assert manager.available_versions() == [5]
     assert {s.version: s.state for s in manager.status()}[3] == "END"
     manager.close()
+
+
+def _clock(monkeypatch) -> list[float]:
+    """Drive ``time.monotonic`` in serving.savedmodel by hand: ``now[0]`` is the time."""
+    import serving.savedmodel as savedmodel
+
+    now = [1000.0]
+    monkeypatch.setattr(savedmodel.time, "monotonic", lambda: now[0])
+    return now
+
+
+def test_a_folder_is_loaded_only_once_it_stopped_changing(tmp_path, model_base, monkeypatch):
+    base = make_versions(tmp_path, model_base, [1])
+    now = _clock(monkeypatch)
+    manager = ModelManager("fashion_mnist", base, VersionPolicy.latest(1), settle_s=1.0)
+    assert manager.poll() is False and manager.settling_versions() == [1]  # first sight
+    now[0] += 0.5
+    assert manager.poll() is False  # unchanged, but not for settle_s yet
+    now[0] += 0.6
+    assert manager.poll() is True and manager.available_versions() == [1]
+    # Version 2 is copied in file by file: every poll sees it grow, so it is never loaded.
+    (base / "2").mkdir()
+    src = base / "1"
+    files = sorted(p for p in src.rglob("*") if p.is_file())
+    for f in files:
+        (base / "2" / f.relative_to(src)).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(f, base / "2" / f.relative_to(src))
+        now[0] += 5.0  # however long the writer pauses between polls
+        manager.poll()
+        if f != files[-1]:
+            assert manager.status() == [VersionStatus(1, "AVAILABLE")]
+    assert manager.settling_versions() == [2] and manager.available_versions() == [1]
+    now[0] += 1.0
+    assert manager.poll() is True
+    assert manager.status() == [VersionStatus(2, "AVAILABLE"), VersionStatus(1, "END")]
+    assert manager.settling_versions() == []
+    manager.close()
+
+
+def test_a_failed_version_is_retried_once_its_folder_changes(tmp_path, model_base, monkeypatch):
+    base = make_versions(tmp_path, model_base, [1])
+    shutil.copytree(model_base / "1", base / "2")
+    shutil.rmtree(base / "2" / "variables")  # a version folder with its variables missing
+    now = _clock(monkeypatch)
+    loads: list[int] = []
+
+    def loader(path: Path, version: int) -> LoadedModel:
+        loads.append(version)
+        return LoadedModel.load(path, version)
+
+    manager = ModelManager("fashion_mnist", base, VersionPolicy.all(), loader=loader, settle_s=1.0)
+    for _ in range(3):
+        manager.poll()
+        now[0] += 1.0
+    status = {s.version: s for s in manager.status()}
+    assert status[1] == VersionStatus(1, "AVAILABLE")
+    assert status[2].state == "END" and "variables" in status[2].error
+    assert loads == [1, 2] and manager.resolve() == 1
+    for _ in range(3):
+        now[0] += 5.0
+        assert manager.poll() is False  # unchanged: not retried, still reported
+    shutil.copytree(model_base / "1" / "variables", base / "2" / "variables")
+    manager.poll()  # changed: settles again (the failure stays reported meanwhile)
+    assert {s.version: s.state for s in manager.status()} == {1: "AVAILABLE", 2: "END"}
+    now[0] += 1.0
+    assert manager.poll() is True
+    assert manager.status() == [VersionStatus(2, "AVAILABLE"), VersionStatus(1, "AVAILABLE")]
+    assert loads == [1, 2, 2]
+    manager.close()
+
+
+def test_truncated_variables_are_a_load_error(tmp_path, model_base):
+    base = make_versions(tmp_path, model_base, [1])
+    shard = base / "1" / "variables" / "variables.data-00000-of-00001"
+    shard.write_bytes(shard.read_bytes()[:1000])
+    with pytest.raises(LoadError, match="Read less bytes than requested"):
+        LoadedModel.load(base / "1")

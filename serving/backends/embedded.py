@@ -141,7 +141,8 @@ class EmbeddedBackend(ClosesOnExit):
             if "AVAILABLE" in states:
                 self._seen_available = True
                 return max(0.001, deadline - time.monotonic())
-            if "LOADING" not in states and time.monotonic() - self._created > 1.0:
+            settling = self.manager.settling_versions()
+            if "LOADING" not in states and not settling and time.monotonic() - self._created > 1.0:
                 break  # nothing on its way: answer now instead of at the deadline
             time.sleep(0.05)
         raise ModelNotFound(

@@ -10,13 +10,17 @@ prometheus-client when a worker is gone.
 Metric names (all prefixed ``gateway_``): ``requests_total{endpoint,method,status}``,
 ``request_duration_seconds{endpoint,method}``, ``stage_duration_seconds{stage}`` (``preprocess``,
 ``backend``, ``postprocess``), ``images_per_request``, ``predictions_total{label}``,
-``in_flight_requests``, ``backend_errors_total{reason}``, ``model_info{name,version}``.
+``in_flight_requests``, ``backend_errors_total{reason}``, ``model_info{name,version}``,
+``model_version_errors{version}`` (1 while the backend reports that version failed to load:
+a corrupt or incomplete version folder; set by each status check, ``/readyz`` and
+``/v1/models``).
 """
 
 from __future__ import annotations
 
 import os
 import threading
+from collections.abc import Iterable
 
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
@@ -28,6 +32,8 @@ from prometheus_client import (
     multiprocess,
     values,
 )
+
+from serving.backends import VersionStatus
 
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 
@@ -123,6 +129,14 @@ class GatewayMetrics:
             registry=reg,
             multiprocess_mode="livemax",
         )
+        self.version_errors = Gauge(
+            "gateway_model_version_errors",
+            "1 for each model version the backend reports as failed to load, else 0.",
+            ["version"],
+            registry=reg,
+            multiprocess_mode="livemostrecent",
+        )
+        self._failed_versions: set[str] = set()
         # Pre-create the per-label and per-stage series so they show up (as 0) from the start.
         self._label_children = [self.predictions.labels(label=name) for name in labels]
         self._stage_children = {s: self.stage.labels(stage=s) for s in STAGES}
@@ -149,6 +163,16 @@ class GatewayMetrics:
                 self.model_info.labels(*self._model_current).set(0)
             self.model_info.labels(*key).set(1)
             self._model_current = key
+
+    def observe_versions(self, statuses: Iterable[VersionStatus]) -> None:
+        """Set ``model_version_errors`` from a backend status answer."""
+        failed = {str(s.version) for s in statuses if s.error}
+        with self._model_lock:
+            for version in self._failed_versions - failed:
+                self.version_errors.labels(version).set(0)
+            for version in failed:
+                self.version_errors.labels(version).set(1)
+            self._failed_versions = failed
 
     def render(self) -> tuple[bytes, str]:
         """Exposition text of every worker's metrics (or this process's) and its content type."""

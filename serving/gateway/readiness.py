@@ -5,8 +5,9 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections.abc import Callable
 
-from serving.backends import Backend, BackendError
+from serving.backends import Backend, BackendError, VersionStatus
 from serving.gateway import errors
 from serving.gateway.config import GatewayConfig
 
@@ -18,8 +19,14 @@ log = logging.getLogger(__name__)
 class Readiness:
     """``/readyz`` answers, cached for ``config.ready_cache_seconds``."""
 
-    def __init__(self, backend: Backend, config: GatewayConfig):
+    def __init__(
+        self,
+        backend: Backend,
+        config: GatewayConfig,
+        on_status: Callable[[list[VersionStatus]], None] | None = None,
+    ):
         self.backend = backend
+        self.on_status = on_status  # sees every status answer (the version-error metric)
         self.ttl = config.ready_cache_seconds
         self.pinned = config.model_version
         self._lock = threading.Lock()
@@ -38,6 +45,8 @@ class Readiness:
                 log.warning("readiness: backend status failed: %s", exc)
                 value = (False, [], f"backend: {errors.public_backend_message(exc)}")
             else:
+                if self.on_status is not None:
+                    self.on_status(statuses)
                 available = sorted(
                     int(s.version)
                     for s in statuses

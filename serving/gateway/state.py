@@ -24,7 +24,7 @@ class GatewayState:
         self.config = config
         self.backend = backend
         self.metrics = GatewayMetrics(CLASS_NAMES)
-        self.readiness = Readiness(backend, config)
+        self.readiness = Readiness(backend, config, self.metrics.observe_versions)
         self.openapi = resources.files("serving.gateway").joinpath("openapi.json").read_bytes()
 
     def close(self) -> None:

@@ -51,9 +51,11 @@ def predict() -> Response:
 def models() -> Response:
     state = current_state()
     cfg = state.config
+    statuses = state.backend.status()
+    state.metrics.observe_versions(statuses)
     versions = [
         {"version": int(s.version), "state": str(s.state), "error": str(s.error or "")}
-        for s in state.backend.status()
+        for s in statuses
     ]
     return json_response(
         {

@@ -9,6 +9,7 @@ do. Both front ends (gRPC and REST) call `predict`, `status` and `metadata` and 
 
 from __future__ import annotations
 
+import functools
 import logging
 import threading
 from collections.abc import Mapping
@@ -140,11 +141,18 @@ class ServerCore:
         for m in managers:
             m.close()
 
-    def _loader(self, path: Path, version: int) -> LoadedModel:
-        model = LoadedModel.load(path, version)
-        if self.enable_warmup:
-            n = model.run_warmup()
-            log.info("%s version %d: ran %d warmup record(s)", path.parent.name, version, n)
+    def _loader(self, name: str, path: Path, version: int) -> LoadedModel:
+        try:
+            model = LoadedModel.load(path, version)
+            if self.enable_warmup:
+                n = model.run_warmup()
+                log.info("%s version %d: ran %d warmup record(s)", name, version, n)
+        except Exception:  # counted here, reported by the ModelManager (state END + error)
+            if self.metrics is not None:
+                self.metrics.model_loads.labels(name, "failure").inc()
+            raise
+        if self.metrics is not None:
+            self.metrics.model_loads.labels(name, "success").inc()
         return model
 
     def apply_config(self, config: Any) -> None:
@@ -171,13 +179,16 @@ class ServerCore:
                     policy_of(mc),
                     poll_interval_s=self.poll_interval_s,
                     labels=labels,
-                    loader=self._loader,
+                    loader=functools.partial(self._loader, name),
                     on_change=self._on_versions_changed,
                 )
                 self._managers[name] = manager
                 self._base_paths[name] = mc.base_path
+                if self.metrics is not None:  # both series from the start, at 0
+                    for outcome in ("success", "failure"):
+                        self.metrics.model_loads.labels(name, outcome)
                 try:  # like TF Serving, load what is there before answering requests
-                    manager.poll()
+                    manager.poll_until_settled()
                 except OSError as exc:
                     log.warning("model %s: cannot read %s: %s", name, mc.base_path, exc)
                 manager.start()

@@ -6,7 +6,9 @@ TF Serving exports its monitoring counters with the ``/`` of their names replace
 ``:tensorflow:serving:request_latency{model_name, API, entrypoint}`` (a histogram in
 microseconds). ``:convserve:modelserver:batch_size{model_name}`` is this server's own
 histogram of the batch sizes the model ran with ``--enable_batching`` (its ``_count`` is the
-number of model calls, its ``_sum`` the number of rows), and
+number of model calls, its ``_sum`` the number of rows),
+``:convserve:modelserver:model_loads_total{model_name, status}`` counts version loads that
+succeeded or failed (a corrupt or incomplete version folder), and
 ``:convserve:modelserver:model_version_available`` a gauge per loaded version. Everything
 lives in one private ``CollectorRegistry`` (never the global one).
 """
@@ -17,6 +19,7 @@ import threading
 
 from prometheus_client import (
     CollectorRegistry,
+    Counter,
     Gauge,
     Histogram,
     disable_created_metrics,
@@ -86,6 +89,12 @@ class ServerMetrics:
             "Rows per model call when --enable_batching merges concurrent requests.",
             ["model_name"],
             buckets=BATCH_BUCKETS,
+            registry=self.registry,
+        )
+        self.model_loads = Counter(
+            ":convserve:modelserver:model_loads",
+            "Model version loads, by model and outcome (success, failure).",
+            ["model_name", "status"],
             registry=self.registry,
         )
         self.version_available = Gauge(

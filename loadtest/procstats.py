@@ -1,0 +1,116 @@
+"""Resource samples of running processes from ``/proc`` (Linux): RSS, open fds, threads.
+
+`Sampler` records, every ``interval_s`` in a thread, each process of the given trees (a
+server's main process and all its descendants, e.g. gunicorn's workers) and the size and file
+count of named directories (the gateway's prometheus multiprocess dir)::
+
+    sampler = Sampler({"gateway": gw.proc.pid}, dirs={"metrics": gw.metrics_dir}, interval_s=1)
+    with sampler:
+        ...                                   # the load
+    sampler.samples                           # [{"t": 0.0, "processes": {...}, "dirs": {...}}]
+
+Processes are keyed ``<role>`` for the main process and ``<role>/<pid>`` for descendants.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from loadtest.periodic import Periodic
+
+PROC = Path("/proc")
+
+
+def read_process(pid: int) -> dict[str, int] | None:
+    """``rss_bytes``, ``fds`` and ``threads`` of ``pid``; None if it is gone."""
+    try:
+        status = (PROC / str(pid) / "status").read_text()
+        fds = len(os.listdir(PROC / str(pid) / "fd"))
+    except (FileNotFoundError, ProcessLookupError):
+        return None
+    fields = dict(line.split(":", 1) for line in status.splitlines() if ":" in line)
+    rss_kb = int(fields.get("VmRSS", "0 kB").split()[0])  # a zombie has no VmRSS
+    return {"rss_bytes": rss_kb * 1024, "fds": fds, "threads": int(fields["Threads"])}
+
+
+def children(pid: int) -> list[int]:
+    """Direct children of ``pid`` (from every thread's ``children`` list)."""
+    out: list[int] = []
+    try:
+        tasks = os.listdir(PROC / str(pid) / "task")
+    except FileNotFoundError:
+        return out
+    for tid in tasks:
+        try:
+            out += [
+                int(c) for c in (PROC / str(pid) / "task" / tid / "children").read_text().split()
+            ]
+        except FileNotFoundError:
+            continue
+    return sorted(set(out))
+
+
+def descendants(pid: int) -> list[int]:
+    """Every process below ``pid`` (children, their children, ...)."""
+    found, todo = [], children(pid)
+    while todo:
+        child = todo.pop()
+        found.append(child)
+        todo += children(child)
+    return sorted(found)
+
+
+def read_dir(path: Path) -> dict[str, int]:
+    """``files`` and ``bytes`` (sum of file sizes) under ``path``; zeros if it is missing."""
+    files = size = 0
+    for dirpath, _dirs, names in os.walk(path):
+        for name in names:
+            try:
+                size += os.stat(os.path.join(dirpath, name)).st_size
+            except FileNotFoundError:  # removed while walked
+                continue
+            files += 1
+    return {"files": files, "bytes": size}
+
+
+def sample(roots: Mapping[str, int], dirs: Mapping[str, Path]) -> dict[str, Any]:
+    """One sample of every process tree in ``roots`` and every directory in ``dirs``."""
+    processes: dict[str, dict[str, int]] = {}
+    for role, pid in roots.items():
+        for p in (pid, *descendants(pid)):
+            stats = read_process(p)
+            if stats is not None:
+                processes[role if p == pid else f"{role}/{p}"] = stats
+    return {"processes": processes, "dirs": {name: read_dir(d) for name, d in dirs.items()}}
+
+
+class Sampler(Periodic):
+    """`sample` every ``interval_s`` (the first at once) into ``samples``, from `start` to
+    `stop`; each sample carries ``t``, seconds since `start`."""
+
+    def __init__(
+        self,
+        roots: Mapping[str, int],
+        *,
+        dirs: Mapping[str, Path] | None = None,
+        interval_s: float = 1.0,
+    ):
+        super().__init__(interval_s, name="procstats", first_now=True)
+        self.roots = dict(roots)
+        self.dirs = dict(dirs or {})
+        self.samples: list[dict[str, Any]] = []
+        self._t0 = 0.0
+
+    def start(self) -> Sampler:
+        """Start sampling (the clock of ``t`` starts now)."""
+        self._t0 = time.monotonic()
+        return super().start()
+
+    def tick(self) -> None:
+        """Take one sample."""
+        record = sample(self.roots, self.dirs)
+        self.samples.append({"t": round(time.monotonic() - self._t0, 3), **record})
