@@ -249,4 +249,7 @@ def test_gunicorn_settings_follow_the_env():
         timeout=60,
         check=True,
     ).stdout
-    assert out == "['127.0.0.1:9123'] 3 5 gthread False serving.gateway.app:create_app()\n"
+    assert out == (
+        "['127.0.0.1:9123'] 3 5 serving.gateway.slow_clients.RequestBufferingWorker False "
+        "serving.gateway.app:create_app()\n"
+    )

@@ -87,7 +87,7 @@ def test_oversized_body_closes_the_connection(rest):
     head = f"POST {PREDICT} HTTP/1.1\r\nHost: x\r\nContent-Length: 999999999999\r\n\r\n"
     out = raw_exchange(rest, head.encode() + SMUGGLED)
     assert out.count(b"HTTP/1.1 ") == 1, out
-    assert out.startswith(b"HTTP/1.1 429 ") and b"Connection: close" in out
+    assert out.startswith(b"HTTP/1.1 413 ") and b"Connection: close" in out
     assert b"exceeds the limit" in out
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import math
 import os
 import signal
 import sys
@@ -95,6 +96,13 @@ def build_parser() -> argparse.ArgumentParser:
         type=_non_negative(int),
         default=30000,
         help="REST deadline for a request waiting in the batching queue (default 30000)",
+    )
+    p.add_argument(
+        "--rest_api_read_timeout_seconds",
+        type=_non_negative(float),
+        default=30.0,
+        help="a REST request (headers and body) must arrive in full within this time of its "
+        "first byte, else 408 (convserve extension; default 30)",
     )
     p.add_argument("--model_name", default=None, help="model name (default 'default')")
     p.add_argument(
@@ -188,6 +196,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         parser.error(f"--port and --rest_api_port are both {args.port}")
     if args.rest_api_num_threads < 1:
         parser.error("--rest_api_num_threads must be >= 1")
+    if not 0 < args.rest_api_read_timeout_seconds < math.inf:
+        parser.error("--rest_api_read_timeout_seconds must be a finite number > 0")
     if args.model_base_path:
         args.model_base_path = str(Path(args.model_base_path).expanduser().resolve())
     return args
@@ -262,6 +272,7 @@ class ModelServer:
                 metrics_path=self.monitoring.path if self.monitoring.enabled else None,
                 max_concurrent=self.args.rest_api_num_threads,
                 timeout_s=self.args.rest_api_timeout_in_ms / 1000 or None,
+                read_timeout_s=self.args.rest_api_read_timeout_seconds,
             )
             t = threading.Thread(target=self.rest_server.serve_forever, name="rest", daemon=True)
             t.start()

@@ -1,0 +1,292 @@
+"""A gunicorn ``gthread`` worker that reads each request in full before a thread serves it.
+
+gunicorn's ``gthread`` worker gives a connection to a pool thread as soon as it is readable,
+and the thread then reads headers and body with blocking reads and no deadline: a client that
+trickles a request one byte at a time (slowloris) holds a thread for as long as it likes, and
+``GATEWAY_THREADS`` such clients hold every thread of a worker. `RequestBufferingWorker` keeps
+gthread's event loop and pool but changes what a pool thread does with a connection:
+
+- it reads only the bytes already there (non-blocking) into the connection's buffer;
+- while the request is incomplete it hands the connection straight back to the event loop
+  (gthread's "pending" list, woken when more bytes arrive), so a slow client costs a socket and
+  its buffer, never a waiting thread;
+- once the request line, the headers and the body (by ``Content-Length``, or a complete chunked
+  body) are all in memory, the bytes go to gunicorn's parser and the request is served as
+  usual, from memory;
+- a request that is not complete within ``GATEWAY_CLIENT_TIMEOUT_SECONDS`` of its first visit
+  (the connection opened, or its previous answer sent) is answered ``408`` in the gateway's
+  error shape and the connection closed; a connection that sends nothing at all is closed by
+  gthread after ``GATEWAY_KEEPALIVE_SECONDS``.
+
+A body declared larger than ``GATEWAY_MAX_BODY_BYTES`` is not buffered: the request goes to the
+app after its headers, which answers 413 from the ``Content-Length`` header without reading it.
+``Expect: 100-continue`` is answered here (the client then sends its body). This module is
+imported by gunicorn's master (it names the worker class), so it imports neither Flask nor
+prometheus-client.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import socket
+import time
+from typing import Any, NamedTuple
+
+from gunicorn.workers import gthread
+
+from serving.gateway.config import GatewayConfig
+
+__all__ = ["RequestBufferingWorker", "Verdict", "request_complete"]
+
+#: Headers longer than this go to gunicorn's parser as they are (it refuses them with 400).
+MAX_HEADER_BYTES = 64 * 1024
+_READ_CHUNK = 256 * 1024
+_CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
+
+
+def _header_fields(head: bytes) -> dict[bytes, bytes]:
+    """Lower-cased header names → values (the last one wins) of a header block."""
+    out = {}
+    for line in head.split(b"\r\n")[1:]:
+        name, sep, value = line.partition(b":")
+        if sep:
+            out[name.strip().lower()] = value.strip()
+    return out
+
+
+def _chunked_end(buf: bytes, pos: int, limit: int) -> int | None:
+    """Where a chunked body starting at ``pos`` ends (None: not all there yet).
+
+    Malformed framing or a body over ``limit`` returns ``len(buf)``: the request goes on as it is
+    and gunicorn's parser or the app refuses it.
+    """
+    total = 0
+    while True:
+        eol = buf.find(b"\r\n", pos)
+        if eol < 0:
+            return None if len(buf) - pos < 1024 else len(buf)
+        try:
+            size = int(buf[pos:eol].split(b";", 1)[0].strip(), 16)
+        except ValueError:
+            return len(buf)
+        total += size
+        if total > limit:
+            return len(buf)
+        if size == 0:  # last chunk: trailer fields, then an empty line
+            end = buf.find(b"\r\n\r\n", eol)
+            if buf.startswith(b"\r\n", eol + 2):
+                return eol + 4
+            return None if end < 0 else end + 4
+        pos = eol + 2 + size + 2
+        if pos > len(buf):
+            return None
+
+
+class Verdict(NamedTuple):
+    """What `request_complete` found at the start of a buffer."""
+
+    complete: bool  # hand it to gunicorn's parser: it will not wait on the client
+    expects_continue: bool  # incomplete, and the client waits for "100 Continue"
+    oversized: bool  # the declared body is over the limit (the app answers 413 unread)
+
+
+def request_complete(buf: bytes, max_body: int) -> Verdict:
+    """Is the request at the start of ``buf`` all there?
+
+    Complete means the request can be handed to gunicorn's parser without it waiting on the
+    client: headers and body are in ``buf``, or there is nothing worth waiting for (oversized
+    headers, a body over ``max_body``, framing the parser refuses anyway).
+    """
+    end = buf.find(b"\r\n\r\n")
+    if end < 0:
+        return Verdict(len(buf) > MAX_HEADER_BYTES, False, False)
+    head, body_start = buf[:end], end + 4
+    fields = _header_fields(head)
+    oversized = False
+    if b"chunked" in fields.get(b"transfer-encoding", b"").lower():
+        done = _chunked_end(buf, body_start, max_body) is not None
+    elif b"content-length" in fields:
+        try:
+            length = int(fields[b"content-length"])
+        except ValueError:
+            return Verdict(True, False, False)  # gunicorn answers 400
+        oversized = length > max_body
+        done = oversized or len(buf) - body_start >= length
+    else:
+        done = True
+    expects = fields.get(b"expect", b"").lower() == b"100-continue"
+    return Verdict(done, expects and not done, oversized)
+
+
+def _drop_expect(buf: bytes) -> bytes:
+    """``buf`` without its ``Expect`` header line (the 100 Continue went out already)."""
+    end = buf.find(b"\r\n\r\n")
+    lines = buf[:end].split(b"\r\n")
+    kept = [ln for ln in lines if not ln.lower().startswith(b"expect:")]
+    return b"\r\n".join(kept) + buf[end:]
+
+
+def _timeout_response(seconds: float) -> bytes:
+    # The gateway's error shape (serving/gateway/errors.py), written here because the request
+    # never reached the app.
+    body = json.dumps(
+        {
+            "error": {
+                "code": "request_timeout",
+                "message": f"the request was not received in full within {seconds:g} s",
+            }
+        },
+        separators=(",", ":"),
+    ).encode()
+    head = (
+        "HTTP/1.1 408 Request Timeout\r\nContent-Type: application/json\r\n"
+        f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n"
+    ).encode()
+    return head + body
+
+
+class _Pending:
+    """The request a connection is sending: bytes so far, deadline, 100 Continue sent."""
+
+    __slots__ = ("buf", "continued", "deadline")
+
+    def __init__(self, deadline: float) -> None:
+        self.buf = bytearray()
+        self.deadline = deadline
+        self.continued = False
+
+
+def _send_quietly(sock: Any, data: bytes) -> bool:
+    """Send a short answer without blocking (it fits any socket buffer); False if it failed."""
+    try:
+        sock.setblocking(False)
+        sock.send(data)
+    except OSError:
+        return False
+    return True
+
+
+def _close_now(sock: Any) -> None:
+    """Close a connection from the pool thread without lingering.
+
+    gthread would close it on its event loop with a lingering close that reads from the client
+    for up to 2 s; a client that keeps trickling would stall the loop (every connection of the
+    worker) that long. Here: FIN, drop what the kernel holds (so the close does not reset the
+    answer away), close.
+    """
+    with contextlib.suppress(OSError):
+        sock.shutdown(socket.SHUT_WR)
+        sock.setblocking(False)
+        while sock.recv(65536):
+            pass
+    with contextlib.suppress(OSError):
+        sock.close()
+
+
+class RequestBufferingWorker(gthread.ThreadWorker):
+    """gthread with requests buffered in full before a thread serves them (module docstring)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        cfg = GatewayConfig.from_env()
+        self.client_timeout = cfg.client_timeout_seconds
+        self.max_body = cfg.max_body_bytes
+
+    def handle(self, conn: Any) -> Any:
+        """Serve the connection's request if it is all there, else give the connection back."""
+        result = self._handle(conn)
+        if result is False:
+            _close_now(conn.sock)
+        return result
+
+    def _handle(self, conn: Any) -> Any:
+        pending: _Pending | None = getattr(conn, "convserve_pending", None)
+        if pending is None:
+            pending = conn.convserve_pending = _Pending(time.monotonic() + self.client_timeout)
+        try:
+            if not conn.initialized:
+                conn.init()  # the parser; plain sockets only (no TLS in this gateway)
+            if conn.is_http2:
+                conn.convserve_pending = None
+                return super().handle(conn)
+            # Read-ahead gunicorn's parser already holds (pipelined requests) comes first.
+            pending.buf += conn.parser.unreader.take_buffered()
+            eof = self._read_available(conn, pending)
+        except OSError:
+            conn.convserve_pending = None
+            return False
+        done, expects, oversized = request_complete(bytes(pending.buf), self.max_body)
+        if not done and not eof:
+            if time.monotonic() >= pending.deadline:
+                self._refuse(conn)
+                return False
+            if expects and not pending.continued:
+                pending.continued = True
+                pending.buf = bytearray(_drop_expect(bytes(pending.buf)))
+                if not _send_quietly(conn.sock, _CONTINUE):
+                    conn.convserve_pending = None
+                    return False
+            return gthread._DEFER  # back to the event loop until more bytes arrive
+        conn.convserve_pending = None
+        if not pending.buf:
+            return False  # the client closed the connection without sending anything
+        conn.parser.unreader.unread(bytes(pending.buf))
+        conn.data_ready = True  # gthread must not wait for data again
+        conn.convserve_oversized = oversized
+        return super().handle(conn)
+
+    def _keepalive_after(self, conn: Any, keepalive: bool) -> bool:
+        """After an oversized body's 413, close instead of draining a body never wanted."""
+        if getattr(conn, "convserve_oversized", False):
+            conn.convserve_oversized = False
+            return False
+        return super()._keepalive_after(conn, keepalive)
+
+    def _read_available(self, conn: Any, pending: _Pending) -> bool:
+        """Append what the socket holds to ``pending.buf`` without blocking; True at EOF."""
+        conn.sock.setblocking(False)
+        limit = self.max_body + MAX_HEADER_BYTES
+        while len(pending.buf) <= limit:
+            try:
+                data = conn.sock.recv(_READ_CHUNK)
+            except (BlockingIOError, InterruptedError):
+                return False
+            if not data:
+                return True
+            pending.buf += data
+        return False
+
+    def _refuse(self, conn: Any) -> None:
+        """408 (if the client sent anything) for a request past its deadline."""
+        pending = conn.convserve_pending
+        conn.convserve_pending = None
+        if pending is not None and pending.buf:
+            self.log.warning(
+                "client %s: request not received within %gs; answered 408",
+                conn.client[0] if conn.client else "?",
+                self.client_timeout,
+            )
+            _send_quietly(conn.sock, _timeout_response(self.client_timeout))
+
+    def finish_request(self, conn: Any, fs: Any) -> None:
+        """gthread's bookkeeping; a deferred request keeps its own deadline (not keep-alive's)."""
+        super().finish_request(conn, fs)
+        pending = getattr(conn, "convserve_pending", None)
+        if pending is not None:
+            conn.timeout = pending.deadline
+
+    def murder_pending(self) -> None:
+        """Close deferred connections past their deadline (408 if a request was started).
+
+        gthread's version stops at the first live entry, as its deadlines are in order; these
+        are per request, so every entry is checked.
+        """
+        now = time.monotonic()
+        for conn in [c for c in self.pending_conns if c.timeout <= now]:
+            self.pending_conns.remove(conn)
+            with contextlib.suppress(OSError, KeyError, ValueError):  # already unregistered
+                self.poller.unregister(conn.sock)
+            self.nr_conns -= 1
+            self._refuse(conn)
+            conn.close()
