@@ -49,7 +49,11 @@ def models() -> Response:
     state = current_state()
     cfg = state.config
     versions = [
-        {"version": int(s.version), "state": str(s.state), "error": str(s.error or "")}
+        {
+            "version": int(s.version),
+            "state": str(s.state),
+            "error": errors.public_version_error(str(s.error or "")),
+        }
         for s in state.backend.status()
     ]
     return json_response(
