@@ -103,19 +103,22 @@ def _no_internals(model_base: Path):
 # schemathesis has no generator for image/bmp bodies; raw BMP bodies are covered by
 # tests/test_gateway_api.py::test_every_raw_image_type.
 BMP_SKIPPED = pytest.mark.filterwarnings(
-    "ignore:Skipped test cases with unsupported payload media types: image/bmp"
+    # (a regex: "." stands for the ":" that would end the message field)
+    "ignore:Skipped test cases with unsupported payload media types. image/bmp$"
 )
+
+
+def _send_and_check(case, gateway: Server, model_base: Path) -> None:
+    case.call_and_validate(
+        base_url=gateway.url, headers=AUTH, additional_checks=[_no_internals(model_base)]
+    )
 
 
 @BMP_SKIPPED
 @schema.parametrize()
 @settings(max_examples=6, **FUZZ_SETTINGS)
 def test_fuzz(case, gateway, model_base):
-    case.call_and_validate(
-        base_url=gateway.url,
-        headers=AUTH,
-        additional_checks=[_no_internals(model_base)],
-    )
+    _send_and_check(case, gateway, model_base)
 
 
 @pytest.mark.slow
@@ -123,11 +126,7 @@ def test_fuzz(case, gateway, model_base):
 @schema.parametrize()
 @settings(max_examples=300, **FUZZ_SETTINGS)
 def test_fuzz_long(case, gateway, model_base):
-    case.call_and_validate(
-        base_url=gateway.url,
-        headers=AUTH,
-        additional_checks=[_no_internals(model_base)],
-    )
+    _send_and_check(case, gateway, model_base)
 
 
 def test_the_log_holds_no_key_body_or_query(gateway):

@@ -156,10 +156,19 @@ def test_request_complete_flags_expect_continue_and_oversized_bodies():
 # -- the gateway -----------------------------------------------------------------------------
 
 
-def test_gateway_trickled_headers_hold_no_thread_and_get_408(gateway):
-    with _tricklers(
-        gateway.url, b"GET /healthz HTTP/1.1\r\nHost: x\r\n", 4 * THREADS, b"X"
-    ) as socks:
+TRICKLED_HEADERS = (b"GET /healthz HTTP/1.1\r\nHost: x\r\n", b"X")
+TRICKLED_BODY = (
+    b"POST /v1/predict HTTP/1.1\r\nHost: x\r\nContent-Type: image/png\r\n"
+    b"Content-Length: 50000\r\n\r\n" + PNG_HEAD,
+    b"x",
+)
+
+
+@pytest.mark.parametrize(
+    ("first", "byte"), [TRICKLED_HEADERS, TRICKLED_BODY], ids=["headers", "body"]
+)
+def test_gateway_trickled_requests_hold_no_thread_and_get_408(gateway, first, byte):
+    with _tricklers(gateway.url, first, 4 * THREADS, byte) as socks:
         started = time.monotonic()
         time.sleep(0.5)
         assert _served_quickly(gateway.url) < 0.5
@@ -169,18 +178,6 @@ def test_gateway_trickled_headers_hold_no_thread_and_get_408(gateway):
             assert _body_of(out) == _gateway_408()
             assert closed - started < CLIENT_TIMEOUT + 2.0
     assert "request not received within 2s; answered 408" in gateway.output()
-
-
-def test_gateway_trickled_body_holds_no_thread_and_gets_408(gateway):
-    head = b"POST /v1/predict HTTP/1.1\r\nHost: x\r\nContent-Type: image/png\r\n"
-    head += b"Content-Length: 50000\r\n\r\n" + PNG_HEAD
-    with _tricklers(gateway.url, head, 4 * THREADS) as socks:
-        time.sleep(0.5)
-        assert _served_quickly(gateway.url) < 0.5
-        for s in socks:
-            out, _ = _read_until_closed(s, CLIENT_TIMEOUT + 3)
-            assert out.startswith(b"HTTP/1.1 408 "), out
-            assert _body_of(out) == _gateway_408()
 
 
 def test_gateway_silent_connections_hold_no_thread(gateway):
