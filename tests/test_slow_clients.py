@@ -138,7 +138,8 @@ def _served_quickly(url: str, n: int = 5) -> float:
         (b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n0\r\nX-T: 1\r\n", False),
         (b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n0\r\nX-T: 1\r\n\r\n", True),
         (b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n", True),  # parser's 400
-        (b"GET / HTTP/1.1\r\nX: " + b"a" * 70_000, True),  # headers too long: parser's 400
+        (b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\nfffff\r\nab", False),
+        (b"GET / HTTP/1.1\r\nX: " + b"a" * 70_000, True),  # headers too long: 431
     ],
 )
 def test_request_complete(data, complete):
@@ -147,10 +148,21 @@ def test_request_complete(data, complete):
 
 def test_request_complete_flags_expect_continue_and_oversized_bodies():
     head = b"POST / HTTP/1.1\r\nExpect: 100-continue\r\nContent-Length: 5\r\n\r\n"
-    assert request_complete(head, MAX_BODY) == (False, True, False)
-    assert request_complete(head + b"abcde", MAX_BODY) == (True, False, False)
+    assert request_complete(head, MAX_BODY) == (False, True, False, False)
+    assert request_complete(head + b"abcde", MAX_BODY) == (True, False, False, False)
     big = b"POST / HTTP/1.1\r\nExpect: 100-continue\r\nContent-Length: 100001\r\n\r\n"
-    assert request_complete(big, MAX_BODY) == (True, False, True)
+    assert request_complete(big, MAX_BODY) == (True, False, True, False)
+    # a chunked body declared too large is complete once more than the limit is buffered
+    chunked = b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\nfffff\r\n"
+    assert request_complete(chunked + b"a" * MAX_BODY, MAX_BODY) == (False, False, False, False)
+    over = chunked + b"a" * (MAX_BODY + 1)
+    assert request_complete(over, MAX_BODY) == (True, False, True, False)
+    assert request_complete(b"GET / HTTP/1.1\r\nX: " + b"a" * 70_000, MAX_BODY) == (
+        True,
+        False,
+        False,
+        True,
+    )
 
 
 # -- the gateway -----------------------------------------------------------------------------
@@ -208,6 +220,40 @@ def test_gateway_refuses_an_oversized_body_from_its_header(gateway):
         "error": {
             "code": "body_too_large",
             "message": f"request body of 1000000000 bytes is larger than the limit of {MAX_BODY}",
+        }
+    }
+
+
+def test_gateway_refuses_oversized_headers_and_chunked_bodies_at_once(gateway):
+    with _connect(gateway.url) as s:
+        s.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Junk: " + b"a" * 70_000)
+        out, _ = _read_until_closed(s, 5)
+    assert out.startswith(b"HTTP/1.1 431 "), out[:200]
+    assert _body_of(out)["error"]["code"] == "headers_too_large"
+    with _connect(gateway.url) as s:
+        s.sendall(
+            b"POST /v1/predict HTTP/1.1\r\nHost: x\r\nContent-Type: image/png\r\n"
+            b"Transfer-Encoding: chunked\r\n\r\nfffffff\r\n" + b"a" * (MAX_BODY + 10)
+        )
+        t0 = time.monotonic()
+        out, closed = _read_until_closed(s, 5)  # the rest of the body never comes
+    assert closed - t0 < 1.0
+    assert out.startswith(b"HTTP/1.1 413 "), out[:200]
+    assert _body_of(out)["error"]["code"] == "body_too_large"
+    # 1-byte chunks: far longer on the wire than decoded; refused once past the buffer
+    with _connect(gateway.url) as s:
+        s.sendall(
+            b"POST /v1/predict HTTP/1.1\r\nHost: x\r\nContent-Type: image/png\r\n"
+            b"Transfer-Encoding: chunked\r\n\r\n" + b"1\r\na\r\n" * (MAX_BODY // 3)
+        )
+        t0 = time.monotonic()
+        out, closed = _read_until_closed(s, 5)
+    assert closed - t0 < 1.0
+    assert out.startswith(b"HTTP/1.1 413 "), out[:200]
+    assert _body_of(out) == {
+        "error": {
+            "code": "body_too_large",
+            "message": f"request body is larger than the limit of {MAX_BODY} bytes",
         }
     }
 

@@ -39,7 +39,8 @@ from serving.gateway.config import GatewayConfig
 
 __all__ = ["RequestBufferingWorker", "Verdict", "request_complete"]
 
-#: Headers longer than this go to gunicorn's parser as they are (it refuses them with 400).
+#: A request line and headers longer than this are refused here with 431 (gunicorn's own
+#: limits allow ~800 KiB, which its parser would then read with blocking reads).
 MAX_HEADER_BYTES = 64 * 1024
 _READ_CHUNK = 256 * 1024
 _CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
@@ -55,29 +56,32 @@ def _header_fields(head: bytes) -> dict[bytes, bytes]:
     return out
 
 
-def _chunked_end(buf: bytes, pos: int, limit: int) -> int | None:
-    """Where a chunked body starting at ``pos`` ends (None: not all there yet).
+def _chunked_end(buf: bytes | bytearray, pos: int, limit: int) -> tuple[int, bool] | None:
+    """(where a chunked body starting at ``pos`` ends, whether it is over ``limit``), or None
+    while it is not all there.
 
-    Malformed framing or a body over ``limit`` returns ``len(buf)``: the request goes on as it is
-    and gunicorn's parser or the app refuses it.
+    Malformed framing ends at ``len(buf)``: gunicorn's parser refuses it from the buffer. A body
+    over ``limit`` ends once more than ``limit`` decoded bytes of it are buffered, so the app's
+    413 (serving/gateway/body_limit.py reads ``limit + 1`` bytes) never waits on the client.
     """
     total = 0
     while True:
         eol = buf.find(b"\r\n", pos)
         if eol < 0:
-            return None if len(buf) - pos < 1024 else len(buf)
+            return None if len(buf) - pos < 1024 else (len(buf), False)
         try:
             size = int(buf[pos:eol].split(b";", 1)[0].strip(), 16)
         except ValueError:
-            return len(buf)
+            return len(buf), False
+        if total + size > limit:  # decoded bytes buffered: earlier chunks + this one's start
+            held = total + max(0, len(buf) - (eol + 2))
+            return (len(buf), True) if held > limit else None
         total += size
-        if total > limit:
-            return len(buf)
         if size == 0:  # last chunk: trailer fields, then an empty line
             end = buf.find(b"\r\n\r\n", eol)
             if buf.startswith(b"\r\n", eol + 2):
-                return eol + 4
-            return None if end < 0 else end + 4
+                return eol + 4, False
+            return None if end < 0 else (end + 4, False)
         pos = eol + 2 + size + 2
         if pos > len(buf):
             return None
@@ -88,24 +92,27 @@ class Verdict(NamedTuple):
 
     complete: bool  # hand it to gunicorn's parser: it will not wait on the client
     expects_continue: bool  # incomplete, and the client waits for "100 Continue"
-    oversized: bool  # the declared body is over the limit (the app answers 413 unread)
+    oversized: bool  # the body is over the limit: the app answers 413, nothing is drained
+    headers_too_large: bool = False  # no end of headers within MAX_HEADER_BYTES: 431 here
 
 
-def request_complete(buf: bytes, max_body: int) -> Verdict:
+def request_complete(buf: bytes | bytearray, max_body: int) -> Verdict:
     """Is the request at the start of ``buf`` all there?
 
     Complete means the request can be handed to gunicorn's parser without it waiting on the
-    client: headers and body are in ``buf``, or there is nothing worth waiting for (oversized
-    headers, a body over ``max_body``, framing the parser refuses anyway).
+    client: headers and body are in ``buf``, or there is nothing worth waiting for (a body
+    declared over ``max_body``, framing the parser refuses anyway).
     """
     end = buf.find(b"\r\n\r\n")
     if end < 0:
-        return Verdict(len(buf) > MAX_HEADER_BYTES, False, False)
-    head, body_start = buf[:end], end + 4
+        too_long = len(buf) > MAX_HEADER_BYTES
+        return Verdict(too_long, False, False, too_long)
+    head, body_start = bytes(buf[:end]), end + 4
     fields = _header_fields(head)
     oversized = False
     if b"chunked" in fields.get(b"transfer-encoding", b"").lower():
-        done = _chunked_end(buf, body_start, max_body) is not None
+        found = _chunked_end(buf, body_start, max_body)
+        done, oversized = found is not None, found is not None and found[1]
     elif b"content-length" in fields:
         try:
             length = int(fields[b"content-length"])
@@ -127,23 +134,30 @@ def _drop_expect(buf: bytes) -> bytes:
     return b"\r\n".join(kept) + buf[end:]
 
 
-def _timeout_response(seconds: float) -> bytes:
-    # The gateway's error shape (serving/gateway/errors.py), written here because the request
-    # never reached the app.
-    body = json.dumps(
-        {
-            "error": {
-                "code": "request_timeout",
-                "message": f"the request was not received in full within {seconds:g} s",
-            }
-        },
-        separators=(",", ":"),
-    ).encode()
+def _error_response(status: str, code: str, message: str) -> bytes:
+    """An answer in the gateway's error shape (serving/gateway/errors.py), written here because
+    the request never reached the app; the connection closes after it."""
+    body = json.dumps({"error": {"code": code, "message": message}}, separators=(",", ":"))
     head = (
-        "HTTP/1.1 408 Request Timeout\r\nContent-Type: application/json\r\n"
+        f"HTTP/1.1 {status}\r\nContent-Type: application/json\r\n"
         f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n"
-    ).encode()
-    return head + body
+    )
+    return (head + body).encode()
+
+
+def _timeout_response(seconds: float) -> bytes:
+    return _error_response(
+        "408 Request Timeout",
+        "request_timeout",
+        f"the request was not received in full within {seconds:g} s",
+    )
+
+
+_HEADERS_TOO_LARGE = _error_response(
+    "431 Request Header Fields Too Large",
+    "headers_too_large",
+    f"the request line and headers are longer than {MAX_HEADER_BYTES} bytes",
+)
 
 
 class _Pending:
@@ -192,6 +206,14 @@ class RequestBufferingWorker(gthread.ThreadWorker):
         cfg = GatewayConfig.from_env()
         self.client_timeout = cfg.client_timeout_seconds
         self.max_body = cfg.max_body_bytes
+        self.max_buffer = self.max_body + MAX_HEADER_BYTES
+        # A chunked body can be far longer on the wire than decoded (1-byte chunks): past
+        # max_buffer it is refused here, with the app's words for an oversized body.
+        self.body_too_large = _error_response(
+            "413 Content Too Large",
+            "body_too_large",
+            f"request body is larger than the limit of {self.max_body} bytes",
+        )
 
     def handle(self, conn: Any) -> Any:
         """Serve the connection's request if it is all there, else give the connection back."""
@@ -216,7 +238,15 @@ class RequestBufferingWorker(gthread.ThreadWorker):
         except OSError:
             conn.convserve_pending = None
             return False
-        done, expects, oversized = request_complete(bytes(pending.buf), self.max_body)
+        done, expects, oversized, headers_too_large = request_complete(pending.buf, self.max_body)
+        if headers_too_large:
+            conn.convserve_pending = None
+            _send_quietly(conn.sock, _HEADERS_TOO_LARGE)
+            return False
+        if not done and len(pending.buf) > self.max_buffer:
+            conn.convserve_pending = None
+            _send_quietly(conn.sock, self.body_too_large)
+            return False
         if not done and not eof:
             if time.monotonic() >= pending.deadline:
                 self._refuse(conn)
@@ -246,8 +276,7 @@ class RequestBufferingWorker(gthread.ThreadWorker):
     def _read_available(self, conn: Any, pending: _Pending) -> bool:
         """Append what the socket holds to ``pending.buf`` without blocking; True at EOF."""
         conn.sock.setblocking(False)
-        limit = self.max_body + MAX_HEADER_BYTES
-        while len(pending.buf) <= limit:
+        while len(pending.buf) <= self.max_buffer:
             try:
                 data = conn.sock.recv(_READ_CHUNK)
             except (BlockingIOError, InterruptedError):
