@@ -176,11 +176,11 @@ def _documented() -> set[tuple[str, str, str]]:
     return {entry for entry in out if entry[2] != "500"}
 
 
-def _trickle(url: str, path: str) -> bytes:
-    """Send half a request and wait: what the gateway answers once it has given up."""
+def _raw(url: str, data: bytes) -> bytes:
+    """Send ``data`` on a connection, then nothing: all the gateway answers until it closes."""
     host, port = url.removeprefix("http://").split(":")
     with socket.create_connection((host, int(port)), timeout=10) as sock:
-        sock.sendall(f"GET {path} HTTP/1.1\r\nHost: x\r\n".encode())
+        sock.sendall(data)
         chunks = []
         while data := sock.recv(65536):
             chunks.append(data)
@@ -261,7 +261,10 @@ def test_every_documented_status_is_reached(scripted_gateway, stand_in):
     assert set(r.headers["Allow"].split(", ")) == {"GET", "HEAD", "OPTIONS"}
     r = requests.get(f"{url}/v1/models", timeout=10)
     assert (r.status_code, r.headers["WWW-Authenticate"]) == (401, 'Bearer realm="convserve"')
-    out = _trickle(url, "/v1/models")
+    out = _raw(url, b"GET /v1/models HTTP/1.1\r\nHost: x\r\n")  # then nothing: too slow
     assert out.startswith(b"HTTP/1.1 408 "), out
     assert json.loads(out.split(b"\r\n\r\n", 1)[1])["error"]["code"] == "request_timeout"
+    out = _raw(url, b"GET /v1/models HTTP/1.1\r\nX: " + b"a" * 70_000)
+    assert out.startswith(b"HTTP/1.1 431 "), out[:200]
+    assert json.loads(out.split(b"\r\n\r\n", 1)[1])["error"]["code"] == "headers_too_large"
     assert http_ok(f"{url}/healthz")
