@@ -50,7 +50,18 @@ from serving.backends import (
 from serving.contract import CLASS_NAMES, GATEWAY_PORT, MODEL_NAME
 from serving.preprocess import PreprocessError, array_to_input, decode_image, to_batch
 
-__all__ = ["GatewayClient", "Input", "Prediction", "TFServingClient", "sniff_content_type"]
+__all__ = [
+    "API_KEY_ENV",
+    "GatewayClient",
+    "Input",
+    "Prediction",
+    "TFServingClient",
+    "api_key_headers",
+    "sniff_content_type",
+]
+
+#: Environment variable the CLI and the load test read a gateway API key from.
+API_KEY_ENV = "CONVSERVE_API_KEY"
 
 Input = str | os.PathLike | bytes | np.ndarray
 
@@ -62,6 +73,11 @@ _MAGIC: tuple[tuple[bytes, str], ...] = (
     (b"BM", "image/bmp"),
 )
 _SUPPORTED_TEXT = "PNG, JPEG, WebP, GIF, BMP"
+
+
+def api_key_headers(api_key: str | None) -> dict[str, str]:
+    """The request header that carries ``api_key`` to the gateway (none for no key)."""
+    return {"Authorization": f"Bearer {api_key}"} if api_key else {}
 
 
 @dataclass(frozen=True)
@@ -154,17 +170,23 @@ class GatewayClient:
 
     One image goes as the raw body with its ``Content-Type``; several images as
     ``multipart/form-data``; pixel arrays (mixed with images or not) as JSON ``instances``.
-    ``timeout`` (seconds) applies to connecting and to reading the answer.
+    ``timeout`` (seconds) applies to connecting and to reading the answer. ``api_key`` is sent
+    as ``Authorization: Bearer`` on every request, for a gateway with API keys configured.
     """
 
     def __init__(
-        self, url: str = f"http://localhost:{GATEWAY_PORT}", timeout: float = 10.0
+        self,
+        url: str = f"http://localhost:{GATEWAY_PORT}",
+        timeout: float = 10.0,
+        *,
+        api_key: str | None = None,
     ) -> None:
         if not url.startswith(("http://", "https://")):
             raise ValueError(f"gateway URL must start with http:// or https://, got {url!r}")
         self.url = url.rstrip("/")
         self.timeout = timeout
         self._session = requests.Session()
+        self._session.headers.update(api_key_headers(api_key))
 
     def __repr__(self) -> str:
         return f"GatewayClient({self.url!r})"

@@ -6,6 +6,7 @@ Usage::
     python -m client predict a.png b.jpg --gateway http://gw:8080 --json
     python -m client predict shoe.jpg --grpc localhost:8500                      # TF Serving, gRPC
     python -m client predict shoe.jpg --rest http://localhost:8501 --timeout 2   # TF Serving, REST
+    CONVSERVE_API_KEY=... python -m client predict a.png --gateway https://gw   # a gateway with API keys
 
 Output: a table (file, label, confidence), or with ``--json`` one JSON object::
 
@@ -19,6 +20,7 @@ Exit codes:
        input (HTTP 400, 413, 415)
     4  server unreachable or timed out
     5  the server answered with an error (e.g. 503 model not ready, 502/500)
+    6  the gateway refused the API key (HTTP 401: none given, or not a valid one)
 Errors are printed as one line on stderr.
 """
 
@@ -27,10 +29,11 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 from collections.abc import Sequence
 
-from client.api import GatewayClient, Prediction, TFServingClient
+from client.api import API_KEY_ENV, GatewayClient, Prediction, TFServingClient
 from client.errors import (
     ClientConnectionError,
     ClientError,
@@ -41,7 +44,7 @@ from client.errors import (
 from serving.cli_numbers import POSITIVE_FLOAT, POSITIVE_INT
 from serving.contract import GATEWAY_PORT
 
-EXIT_OK, EXIT_USAGE, EXIT_INPUT, EXIT_UNREACHABLE, EXIT_SERVER = 0, 2, 3, 4, 5
+EXIT_OK, EXIT_USAGE, EXIT_INPUT, EXIT_UNREACHABLE, EXIT_SERVER, EXIT_AUTH = 0, 2, 3, 4, 5, 6
 DEFAULT_GATEWAY = f"http://localhost:{GATEWAY_PORT}"
 
 
@@ -51,7 +54,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="python -m client",
         description="Classify Fashion-MNIST-style images with the convserve gateway or TF Serving.",
         epilog="Exit codes: 0 ok, 2 usage, 3 input error, 4 server unreachable/timeout, "
-        "5 server error.",
+        "5 server error, 6 API key refused.",
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     p = sub.add_parser(
@@ -71,6 +74,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     target.add_argument(
         "--rest", metavar="URL", help="TF Serving REST base URL, e.g. http://localhost:8501"
+    )
+    p.add_argument(
+        "--api-key",
+        metavar="KEY",
+        default=os.environ.get(API_KEY_ENV) or None,
+        help=f"gateway API key, sent as Authorization: Bearer (default: ${API_KEY_ENV}; the "
+        "variable keeps the key out of the process list)",
     )
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
     p.add_argument(
@@ -124,6 +134,9 @@ def run(args: argparse.Namespace) -> int:
             print(f"error: argument {flag}: {exc}", file=sys.stderr)
             return EXIT_USAGE
     pinned = args.model_version is not None or args.model_label is not None
+    if args.api_key and (args.grpc or args.rest):
+        print("error: --api-key is for the gateway (TF Serving has no API keys)", file=sys.stderr)
+        return EXIT_USAGE
     if pinned and not (args.grpc or args.rest):
         print(
             "error: --model-version/--model-label need --grpc or --rest "
@@ -157,7 +170,7 @@ def run(args: argparse.Namespace) -> int:
             )
         else:
             target = args.gateway or DEFAULT_GATEWAY
-            client = GatewayClient(target, args.timeout)
+            client = GatewayClient(target, args.timeout, api_key=args.api_key)
     except ValueError as exc:
         print(f"error: {_one_line(str(exc))}", file=sys.stderr)
         return EXIT_USAGE
@@ -176,6 +189,8 @@ def run(args: argparse.Namespace) -> int:
         return EXIT_UNREACHABLE
     except ServerError as exc:
         print(f"error: {target}: {_one_line(str(exc))}", file=sys.stderr)
+        if exc.status == 401:
+            return EXIT_AUTH
         return EXIT_INPUT if exc.is_input_error else EXIT_SERVER
     except ClientError as exc:
         print(f"error: {_one_line(str(exc))}", file=sys.stderr)

@@ -17,7 +17,7 @@ Users (``--target`` picks one unless user classes are named on the command line)
 - ``GatewayUser`` (``gateway``, FastHttpUser): ``POST /v1/predict`` with ``--payload`` ``png``
   (raw body, one image), ``multipart`` (N files), ``b64`` (JSON ``{"b64": ...}`` instances) or
   ``mix`` (all that fit the batch size, in turn); ``auto`` is ``png`` at batch 1, else
-  ``multipart``.
+  ``multipart``. A gateway with API keys: set ``CONVSERVE_API_KEY`` (sent as a Bearer token).
 - ``GrpcUser`` (``grpc``): TF Serving's ``PredictionService/Predict`` through the project's client
   (``--host grpc://host:8500``), firing Locust's ``request`` event per call; gevent-compatible.
 - ``RestUser`` (``rest``, FastHttpUser): TF Serving's ``POST /v1/models/<name>:predict``.
@@ -43,6 +43,7 @@ import importlib
 import itertools
 import json
 import logging
+import os
 import random
 import time
 from collections.abc import Callable, Iterator
@@ -54,6 +55,7 @@ import numpy as np
 from locust import FastHttpUser, User, constant_throughput, events, task
 from locust.runners import MasterRunner, WorkerRunner
 
+from client.api import API_KEY_ENV, api_key_headers
 from loadtest.images import ImageSet, load_images
 from loadtest.modelclient import BackendError, connect
 from loadtest.targets import PAYLOADS, TARGETS, payload_kinds
@@ -396,11 +398,13 @@ class GatewayUser(_Paced, FastHttpUser):
         timeout = _options().request_timeout
         self.client.network_timeout = self.client.connection_timeout = timeout
         self.cycle = _cycle("gateway")
+        # A gateway with API keys configured: the key comes from the environment.
+        self.auth = api_key_headers(os.environ.get(API_KEY_ENV))
 
     @task
     def predict(self) -> None:
         payload, body, labels, n = next(self.cycle)
-        headers = {"Content-Type": _CONTENT_TYPES[payload]}
+        headers = {"Content-Type": _CONTENT_TYPES[payload], **self.auth}
         name = f"/v1/predict [{payload} x{n}]"
         parse = functools.partial(_gateway_classes, n=n)
         _post_checked(self, "/v1/predict", body, headers, name, parse, labels)

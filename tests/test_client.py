@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import subprocess
 import sys
 import threading
@@ -26,8 +27,8 @@ from client import (
     ServerError,
     TFServingClient,
 )
-from client.api import _client_errors
-from client.cli import EXIT_INPUT, EXIT_SERVER, EXIT_UNREACHABLE, EXIT_USAGE
+from client.api import API_KEY_ENV, _client_errors
+from client.cli import EXIT_AUTH, EXIT_INPUT, EXIT_SERVER, EXIT_UNREACHABLE, EXIT_USAGE
 from loadtest.servers import free_port
 from serving.backends import (
     BackendBadResponse,
@@ -80,6 +81,26 @@ def stack():
             yield servicer, f"http://127.0.0.1:{server.server_port}", target
         finally:
             server.shutdown()
+
+
+API_KEY = "client-test-key-0123456789"
+
+
+@pytest.fixture(scope="module")
+def keyed_url(stack):
+    """URL of a second real gateway app on the same stand-in, with an API key required."""
+    from werkzeug.serving import make_server
+
+    from serving.gateway import create_app
+
+    app = create_app({"backend": f"grpc://{stack[2]}", "api_keys": API_KEY})
+    server = make_server("127.0.0.1", 0, app, threaded=True)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_port}"
+    finally:
+        server.shutdown()
 
 
 @pytest.fixture
@@ -269,13 +290,17 @@ def test_direct_server_errors_carry_the_status_the_gateway_would_answer(error):
 # --- CLI ------------------------------------------------------------------------------------
 
 
-def run_cli(*args: str, timeout: float = 60) -> subprocess.CompletedProcess:
+def run_cli(
+    *args: str, timeout: float = 60, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess:
+    base = {k: v for k, v in os.environ.items() if k != API_KEY_ENV}
     return subprocess.run(
         [sys.executable, "-m", "client", *args],
         cwd=ROOT,
         capture_output=True,
         text=True,
         timeout=timeout,
+        env={**base, **(env or {})},
     )
 
 
@@ -422,3 +447,41 @@ def test_jpeg_bytes_are_sent_as_jpeg(gateway):
         [pred] = client.predict(buf.getvalue())
     assert sent == ["image/jpeg"]
     assert isinstance(pred, Prediction) and 0 <= pred.class_id < 10
+
+
+# --- API keys ------------------------------------------------------------------------------
+
+
+def test_gateway_client_sends_its_api_key(gateway, keyed_url):
+    with GatewayClient(keyed_url, api_key=API_KEY) as client:
+        assert_predictions(client.predict(BOOT), expected(BOOT))
+        assert client.models()["model_name"] == "fashion_mnist"
+        assert API_KEY not in repr(client)
+    with GatewayClient(keyed_url) as client, pytest.raises(ServerError) as info:
+        client.predict(BOOT)
+    assert (info.value.status, info.value.code) == (401, "unauthorized")
+
+
+def test_cli_api_key_from_the_environment_or_the_option(gateway, keyed_url):
+    proc = run_cli("predict", BOOT, "--gateway", keyed_url, env={API_KEY_ENV: API_KEY})
+    assert proc.returncode == 0, proc.stderr
+    assert expected(BOOT)[0].label in proc.stdout
+    proc = run_cli("predict", BOOT, "--gateway", keyed_url, "--api-key", API_KEY, "--json")
+    assert proc.returncode == 0, proc.stderr
+
+
+def test_cli_refused_key_is_exit_6(gateway, keyed_url):
+    proc = run_cli("predict", BOOT, "--gateway", keyed_url)
+    assert_one_line_error(
+        proc, EXIT_AUTH, f"error: {keyed_url}: HTTP 401 unauthorized: an API key is required"
+    )
+    proc = run_cli("predict", BOOT, "--gateway", keyed_url, env={API_KEY_ENV: API_KEY + "x"})
+    assert_one_line_error(
+        proc, EXIT_AUTH, f"error: {keyed_url}: HTTP 401 unauthorized: the API key is not valid"
+    )
+    assert API_KEY not in proc.stderr
+
+
+def test_cli_api_key_is_for_the_gateway_only():
+    proc = run_cli("predict", BOOT, "--grpc", "127.0.0.1:1", "--api-key", API_KEY)
+    assert_one_line_error(proc, EXIT_USAGE, "--api-key is for the gateway")

@@ -105,6 +105,10 @@ def test_every_container_is_bounded_locked_down_and_pinned(name):
             assert sc["allowPrivilegeEscalation"] is False, where
             assert sc["readOnlyRootFilesystem"] is True, where
             assert sc["capabilities"]["drop"] == ["ALL"], where
+            # nothing in a container undoes the pod's non-root setting
+            assert sc.get("runAsNonRoot", True) is True, where
+            assert sc.get("runAsUser", spec["securityContext"]["runAsUser"]) != 0, where
+            assert sc.get("privileged", False) is False, where
 
 
 @pytest.mark.parametrize("name", sorted(KUSTOMIZATIONS))
@@ -273,6 +277,27 @@ def test_compose_images_are_pinned_and_services_checked():
         assert svc.get("cap_drop") == ["ALL"], name
     for name in ("tfserving", "gateway", "prometheus", "grafana"):
         assert services[name]["healthcheck"]["test"][0] == "CMD", name
+
+
+def _compose_uid(user: str) -> str:
+    """The user id of a compose ``user:`` value (``${VAR:-default}`` read as its default)."""
+    uid = user.split(":")[0]
+    return re.sub(r"\$\{\w+:-([^}]*)\}", r"\1", uid)
+
+
+def test_compose_services_run_as_non_root_without_privileges():
+    services = compose()["services"]
+    ours = {svc["image"] for svc in services.values() if "build" in svc}
+    for svc in services.values():
+        if "build" in svc:  # its Dockerfile's last USER is checked to be non-root below
+            assert ROOT / svc["build"]["dockerfile"] in DOCKERFILES, svc["build"]
+    for name, svc in services.items():
+        assert svc.get("privileged", False) is False, name
+        assert "no-new-privileges:true" in svc.get("security_opt", []), name
+        if "user" in svc:
+            assert _compose_uid(str(svc["user"])) not in ("", "0", "root"), name
+        else:  # no user: then the image must be one of ours (non-root USER)
+            assert svc["image"] in ours, f"{name}: a third-party image needs an explicit user:"
 
 
 def test_compose_start_order():

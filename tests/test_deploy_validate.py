@@ -4,16 +4,21 @@ kubernetes-validate, promtool (config, rules and the alert unit tests), Grafana'
 from __future__ import annotations
 
 import json
+import os
 
 import pytest
 import yaml
 
+from serving.gateway.config import GatewayConfig
 from tests.support.deploy import (
     COMPOSE_FILES,
     DOCKERFILES,
+    K8S,
     KUSTOMIZATIONS,
     MONITORING,
     SERVING_CONFIG,
+    container,
+    env_of,
     find,
     render,
     run_tool,
@@ -51,6 +56,30 @@ def test_kustomization_renders_and_validates_strictly(name, tmp_path):
     rendered.write_text(yaml.safe_dump_all(objects))
     result = run_tool(tool("kubernetes-validate"), "--strict", "--quiet", str(rendered))
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_api_keys_component_mounts_the_secret_file_the_gateway_reads(tmp_path):
+    # kustomize takes relative paths only: a throwaway overlay of base + the component.
+    rel = os.path.relpath(K8S, tmp_path)
+    (tmp_path / "kustomization.yaml").write_text(
+        "apiVersion: kustomize.config.k8s.io/v1beta1\nkind: Kustomization\n"
+        f"resources: [{rel}/base]\ncomponents: [{rel}/components/api-keys]\n"
+    )
+    objects = render(tmp_path)
+    rendered = tmp_path / "rendered.yaml"
+    rendered.write_text(yaml.safe_dump_all(objects))
+    result = run_tool(tool("kubernetes-validate"), "--strict", "--quiet", str(rendered))
+    assert result.returncode == 0, result.stdout + result.stderr
+    dep = find(objects, "Deployment", "gateway")
+    gw = container(dep, "gateway")
+    env = env_of(gw)
+    cfg = GatewayConfig.from_env(env)  # the names are config fields, the value a file path
+    mount = {m["name"]: m for m in gw["volumeMounts"]}["api-keys"]
+    assert mount["readOnly"] is True
+    assert os.path.dirname(cfg.api_keys_file) == mount["mountPath"]
+    volumes = {v["name"]: v for v in dep["spec"]["template"]["spec"]["volumes"]}
+    assert volumes["api-keys"]["secret"]["secretName"] == "gateway-api-keys"
+    assert not any(k.startswith("GATEWAY_API_KEYS") and k != "GATEWAY_API_KEYS_FILE" for k in env)
 
 
 def test_kubernetes_validate_rejects_an_unknown_field(tmp_path):

@@ -32,7 +32,7 @@ from serving.backends.errors import (
 from serving.contract import CLASS_NAMES
 from serving.gateway import create_app
 from serving.gateway.config import GatewayConfig
-from serving.gateway.errors import BACKEND_MESSAGES
+from serving.gateway.errors import BACKEND_MESSAGES, VERSION_FAILED
 from serving.preprocess import ImageTooLarge, InvalidImage, array_to_input, decode_image
 from tests.support.ci import missing
 from tests.support.gateway import FakeBackend
@@ -479,7 +479,8 @@ def test_readyz_pinned_version_must_be_available(backend):
 
 
 def test_models_lists_versions_and_classes(client, backend):
-    backend.states = [VersionStatus(3, "AVAILABLE", ""), VersionStatus(2, "END", "load failed")]
+    failure = "cannot load SavedModel /srv/models/fashion_mnist/2: OSError: ..."
+    backend.states = [VersionStatus(3, "AVAILABLE", ""), VersionStatus(2, "END", failure)]
     resp = client.get("/v1/models")
     assert resp.status_code == 200
     assert resp.get_json() == {
@@ -489,7 +490,8 @@ def test_models_lists_versions_and_classes(client, backend):
         "pinned_label": None,
         "versions": [
             {"version": 3, "state": "AVAILABLE", "error": ""},
-            {"version": 2, "state": "END", "error": "load failed"},
+            # the backend's text names paths and exception classes: the client gets neither
+            {"version": 2, "state": "END", "error": VERSION_FAILED},
         ],
         "class_names": list(CLASS_NAMES),
     }

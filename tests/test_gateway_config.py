@@ -206,6 +206,7 @@ FLOAT_SETTINGS = sorted(
 def test_every_float_setting_is_known():
     assert FLOAT_SETTINGS == [
         "GATEWAY_BATCH_TIMEOUT_MS",
+        "GATEWAY_CLIENT_TIMEOUT_SECONDS",
         "GATEWAY_MODEL_POLL_SECONDS",
         "GATEWAY_READY_CACHE_SECONDS",
         "GATEWAY_TIMEOUT_SECONDS",
@@ -302,6 +303,6 @@ def test_gunicorn_settings_follow_the_env():
         check=True,
     ).stdout
     assert out == (
-        "['127.0.0.1:9123'] 3 5 serving.gateway.worker.GatewayWorker False "
+        "['127.0.0.1:9123'] 3 5 serving.gateway.slow_clients.RequestBufferingWorker False "
         "serving.gateway.app:create_app()\n"
     )

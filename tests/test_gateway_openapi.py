@@ -42,15 +42,28 @@ def backend() -> FakeBackend:
     return FakeBackend(version=2)
 
 
-@pytest.fixture(scope="module")
-def app(backend):
-    cfg = GatewayConfig(
+API_KEY = "openapi-test-key-0123456789"
+
+
+def _config(**overrides) -> GatewayConfig:
+    return GatewayConfig(
         backend="grpc://backend.invalid:8500",
         max_batch=2,
         max_body_bytes=100_000,
         ready_cache_seconds=0.0,
+        **overrides,
     )
-    return create_app(cfg, backend=backend)
+
+
+@pytest.fixture(scope="module")
+def app(backend):
+    return create_app(_config(), backend=backend)
+
+
+@pytest.fixture(scope="module")
+def keyed_app(backend):
+    """The same gateway with an API key required everywhere it can be (metrics included)."""
+    return create_app(_config(api_keys=API_KEY, api_keys_protect_metrics=True), backend=backend)
 
 
 @pytest.fixture(scope="module")
@@ -192,7 +205,7 @@ def _scenarios(backend: FakeBackend):
     ]
 
 
-def test_real_responses_match_the_document(app, backend, doc, registry):
+def test_real_responses_match_the_document(app, keyed_app, backend, doc, registry):
     client = app.test_client()
     seen = set()
     for path, method, kwargs, setup in _scenarios(backend):
@@ -202,6 +215,13 @@ def test_real_responses_match_the_document(app, backend, doc, registry):
         resp = client.open(path, method=method, **kwargs)
         check_response(doc, registry, path, method, resp)
         seen.add((path, method, str(resp.status_code)))
+    backend.error, backend.states = None, FakeBackend(2).states
+    keyed = keyed_app.test_client()
+    for path, ops in doc["paths"].items():
+        for method in ops:
+            resp = keyed.open(path, method=method.upper())  # no key
+            check_response(doc, registry, path, method.upper(), resp)
+            seen.add((path, method.upper(), str(resp.status_code)))
     documented = {
         (path, method.upper(), status)
         for path, ops in doc["paths"].items()

@@ -126,9 +126,15 @@ def _soak(*args: str, timeout: float = 300) -> subprocess.CompletedProcess:
     [
         (("--duration", "1m", "--warmup", "2m"), "warm-up 2m must be shorter than the duration"),
         (("--rate", "0"), "argument --rate: expected a finite number > 0, got '0'"),
-        (("--fraction", "1.5"), "argument --fraction: expected a finite number in (0, 1], got '1.5'"),
+        (
+            ("--fraction", "1.5"),
+            "argument --fraction: expected a finite number in (0, 1], got '1.5'",
+        ),
         (("--rate", "5", "--fraction", "0.5"), "not allowed with argument --rate"),
-        (("--max-rss-growth", "nan"), "argument --max-rss-growth: expected a finite number >= 0, got 'nan'"),
+        (
+            ("--max-rss-growth", "nan"),
+            "argument --max-rss-growth: expected a finite number >= 0, got 'nan'",
+        ),
     ],
 )
 def test_soak_usage_errors_are_one_line_exit_2(tmp_path, capsys, args, message):

@@ -23,6 +23,7 @@ from typing import Any
 from gunicorn.app.base import BaseApplication
 
 from serving.cli_numbers import Number
+from serving.gateway.api_keys import load_api_keys
 from serving.gateway.config import ConfigError, GatewayConfig
 
 
@@ -71,11 +72,12 @@ def main(argv: list[str] | None = None) -> int:
         os.environ["GATEWAY_PORT"] = str(args.port)
     try:
         cfg = GatewayConfig.from_env()
+        load_api_keys(cfg)  # a missing or malformed keys file stops here, not in each worker
     except ConfigError as exc:
         print(f"serving.gateway: configuration error: {exc}", file=sys.stderr)
         return 2
     if args.check:
-        for key, value in vars(cfg).items():
+        for key, value in cfg.public_items().items():
             print(f"GATEWAY_{key.upper()}={'' if value is None else value}")
         return 0
     GatewayApplication(prog="python -m serving.gateway").run()

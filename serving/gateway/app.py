@@ -21,7 +21,8 @@ from typing import Any
 from flask import Flask
 
 from serving.backends import Backend, connect
-from serving.gateway import errors, tracking
+from serving.gateway import auth, errors, tracking
+from serving.gateway.api_keys import load_api_keys
 from serving.gateway.body_limit import BodyLimit
 from serving.gateway.config import GatewayConfig
 from serving.gateway.log import configure_logging
@@ -66,6 +67,7 @@ def create_app(
     """
     cfg = _resolve_config(config)
     configure_logging(cfg.log_level)
+    api_keys = load_api_keys(cfg)
     app = Flask("serving.gateway")
     app.config["GATEWAY"] = cfg
     app.config["MAX_CONTENT_LENGTH"] = cfg.max_body_bytes
@@ -76,5 +78,6 @@ def create_app(
     app.extensions[EXTENSION] = state
     errors.register(app)
     tracking.install(app, state)
+    auth.install(app, api_keys, protect_metrics=cfg.api_keys_protect_metrics)
     app.register_blueprint(bp)
     return app

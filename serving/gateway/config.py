@@ -18,7 +18,7 @@ import dataclasses
 import os
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 from typing import Any, get_args, get_origin, get_type_hints
 
 from serving.backends.address import BackendKind, parse_address
@@ -92,6 +92,16 @@ class GatewayConfig:
     # Readiness probe cache and the Retry-After sent with 503 answers.
     ready_cache_seconds: float = 1.0
     retry_after_seconds: int = 1
+    # Optional API keys (serving/gateway/api_keys.py, auth.py): comma-separated, or a file with one key per
+    # line (a mounted Kubernetes Secret); never both. Unset = no authentication. The keys are
+    # kept out of repr() and of `python -m serving.gateway --check`.
+    api_keys: str | None = field(default=None, repr=False)
+    api_keys_file: str | None = None
+    # /healthz and /readyz are always open (probes); /metrics only unless this is set.
+    api_keys_protect_metrics: bool = False
+    # A client must send its whole request (headers and body) within this many seconds
+    # (serving/gateway/slow_clients.py); a trickling client is cut off, not waited for.
+    client_timeout_seconds: float = 10.0
 
     def __post_init__(self) -> None:
         self._validate()
@@ -138,6 +148,13 @@ class GatewayConfig:
             return {}
         return {name: getattr(self, name) for name in _EMBEDDED_OPTIONS}
 
+    def public_items(self) -> dict[str, Any]:
+        """Every setting by field name, secrets masked (for printing the effective config)."""
+        out = {f.name: getattr(self, f.name) for f in fields(self)}
+        if self.api_keys is not None:
+            out["api_keys"] = "<set>"
+        return out
+
     # -- validation ---------------------------------------------------------------------------
     def _validate(self) -> None:
         hints = get_type_hints(type(self))
@@ -152,6 +169,10 @@ class GatewayConfig:
         if self.model_version is not None and self.model_label is not None:
             raise ConfigError(
                 f"set {env_name('model_version')} or {env_name('model_label')}, not both"
+            )
+        if self.api_keys is not None and self.api_keys_file is not None:
+            raise ConfigError(
+                f"set {env_name('api_keys')} or {env_name('api_keys_file')}, not both"
             )
         if self.model_label is not None and not _LABEL.match(self.model_label):
             raise ConfigError(f"{env_name('model_label')}={self.model_label!r} is not a label")
@@ -195,6 +216,7 @@ _POSITIVE = (
     "batch_max_size",
     "model_poll_seconds",
     "model_version",
+    "client_timeout_seconds",
 )
 _NON_NEGATIVE = (
     "retries",

@@ -117,6 +117,16 @@ BACKEND_MESSAGES = {
 }
 
 
+#: What ``/v1/models`` says about a version that failed to load. The backend's own text names
+#: absolute paths of the export and exception classes; it is in the backend's log.
+VERSION_FAILED = "the version failed to load (the model server's log has the details)"
+
+
+def public_version_error(error: str) -> str:
+    """The client-facing ``error`` of a version status: empty, or `VERSION_FAILED`."""
+    return VERSION_FAILED if error else ""
+
+
 def public_backend_message(exc: BaseException) -> str:
     """The client-facing text for a backend error (see `BACKEND_MESSAGES`)."""
     return BACKEND_MESSAGES.get(getattr(exc, "code", ""), BACKEND_MESSAGES["backend_error"])

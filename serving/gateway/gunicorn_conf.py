@@ -8,8 +8,10 @@ Choices that are not obvious:
 
 - ``gthread`` workers: the views block on the backend (gRPC/REST call or the embedded
   micro-batcher), so several threads per worker keep the CPU busy and, in embedded mode, give
-  the batcher concurrent requests to merge. The class is `serving.gateway.worker.GatewayWorker`,
-  gthread closing its listening sockets as soon as a graceful stop begins.
+  the batcher concurrent requests to merge. The class is
+  `serving.gateway.slow_clients.RequestBufferingWorker`: gthread whose pool threads serve a
+  request only once it is read in full (slow clients cannot hold the threads), and which closes
+  its listening sockets as soon as a graceful stop begins (`serving.gateway.worker`).
 - ``preload_app = False``: the app (and so the backend) is built in each worker *after* the
   fork. gRPC channels and the TensorFlow runtime do not survive a fork, and prometheus-client
   must see ``PROMETHEUS_MULTIPROC_DIR`` before its first import.
@@ -39,8 +41,9 @@ _cfg = GatewayConfig.from_env()
 wsgi_app = "serving.gateway.app:create_app()"
 bind = [f"[{_cfg.host}]:{_cfg.port}" if ":" in _cfg.host else f"{_cfg.host}:{_cfg.port}"]
 workers = _cfg.workers
-# gthread, except that a stopping worker refuses new connections at once (see its docstring).
-worker_class = "serving.gateway.worker.GatewayWorker"
+# gthread, reading each request in full before a thread serves it and refusing new
+# connections at once when stopping (see both classes' docstrings).
+worker_class = "serving.gateway.slow_clients.RequestBufferingWorker"
 threads = _cfg.threads
 timeout = _cfg.worker_timeout_seconds
 graceful_timeout = _cfg.graceful_timeout_seconds
@@ -49,7 +52,8 @@ preload_app = False
 errorlog = "-"
 loglevel = _cfg.log_level.lower()
 accesslog = "-" if _cfg.access_log else None
-access_log_format = '%(h)s "%(r)s" %(s)s %(b)s %(M)sms rid=%({x-request-id}o)s'
+# Method and path only: a query string (or any header) may carry a secret.
+access_log_format = '%(h)s "%(m)s %(U)s" %(s)s %(b)s %(M)sms rid=%({x-request-id}o)s'
 # Heartbeat files on tmpfs: a slow or read-only /tmp must not make workers look dead.
 worker_tmp_dir = "/dev/shm" if os.path.isdir("/dev/shm") else None
 proc_name = "convserve-gateway"

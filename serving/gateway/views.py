@@ -54,7 +54,11 @@ def models() -> Response:
     statuses = state.backend.status()
     state.metrics.observe_versions(statuses)
     versions = [
-        {"version": int(s.version), "state": str(s.state), "error": str(s.error or "")}
+        {
+            "version": int(s.version),
+            "state": str(s.state),
+            "error": errors.public_version_error(str(s.error or "")),
+        }
         for s in statuses
     ]
     return json_response(

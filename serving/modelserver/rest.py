@@ -17,12 +17,20 @@ image), speaks HTTP/1.1 keep-alive, and runs each connection in its own thread, 
 prediction never blocks other clients. The model call releases the GIL, so threads are enough
 for this CPU-bound server on 2 cores; TF Serving's own REST front end (libevent plus a thread
 pool) is also a thin layer over the same core. Request bodies are capped
-(``MAX_BODY_BYTES``), sockets have an idle timeout, and ``shutdown`` stops accepting and then
-waits for the requests in flight, which is what a graceful SIGTERM needs.
+(``MAX_BODY_BYTES``; a larger ``Content-Length`` is answered 413 before anything is read),
+sockets have an idle timeout, and ``shutdown`` stops accepting and then waits for the requests
+in flight, which is what a graceful SIGTERM needs.
+
+Slow clients: a request (headers and body) must arrive in full within ``read_timeout_s`` of its
+first byte, a total deadline rather than one per read, else it is answered 408 (or, still in
+its headers, closed). The body is read before the request takes one of the
+``--rest_api_num_threads`` slots, so a client trickling its body holds its own connection
+thread, never a slot.
 """
 
 from __future__ import annotations
 
+import io
 import json
 import logging
 import re
@@ -48,6 +56,7 @@ MAX_BODY_BYTES = 64 * 1024 * 1024
 # One 28x28x1 image as nested lists is 813 arrays; 2M arrays is ~2,400 images (~150 MB parsed).
 MAX_JSON_ARRAYS = 2_000_000
 IDLE_TIMEOUT_S = 30.0
+READ_TIMEOUT_S = 30.0
 
 _PREDICT_RE = re.compile(
     r"/v1/models/([^/:]+)(?:(?:/versions/(\d+))|(?:/labels/([^/:]+)))?:(classify|regress|predict)",
@@ -63,15 +72,40 @@ class HttpError(ModelError):
     """A request-level error with an explicit gRPC code name (and HTTP status, if not the
     code's usual one)."""
 
-    def __init__(self, message: str, code: str = "INVALID_ARGUMENT", status: int | None = None):
+    def __init__(
+        self, message: str, code: str = "INVALID_ARGUMENT", http_status: int | None = None
+    ):
         super().__init__(message)
         self.code = code
-        self.status = status
+        self.http_status = http_status
 
 
 def _too_large(message: str) -> HttpError:
     """413 with TF Serving's ``{"error": ...}`` body (a body or JSON over the limits)."""
-    return HttpError(message, "RESOURCE_EXHAUSTED", 413)
+    return HttpError(message, "RESOURCE_EXHAUSTED", http_status=413)
+
+
+class _DeadlineReader(io.RawIOBase):
+    """The connection's socket as a raw stream; with ``deadline`` set, reads end there (a total
+    for the request, however the client spaces its bytes), else after ``idle_s`` of silence."""
+
+    def __init__(self, sock: socket.socket, idle_s: float) -> None:
+        super().__init__()
+        self.sock = sock
+        self.idle_s = idle_s
+        self.deadline: float | None = None
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        timeout = self.idle_s
+        if self.deadline is not None:
+            timeout = self.deadline - time.monotonic()
+            if timeout <= 0:
+                raise TimeoutError("the request was not received in time")
+        self.sock.settimeout(timeout)
+        return self.sock.recv_into(buffer)
 
 
 def status_json(model_name: str, statuses: list[VersionStatus]) -> dict[str, Any]:
@@ -111,10 +145,12 @@ class RestServer(ThreadingHTTPServer):
         metrics_path: str | None = None,
         max_concurrent: int = 64,
         timeout_s: float | None = None,
+        read_timeout_s: float = READ_TIMEOUT_S,
     ):
         self.core = core
         self.slots = threading.BoundedSemaphore(max_concurrent)
         self.timeout_s = timeout_s
+        self.read_timeout_s = read_timeout_s
         self.metrics = metrics
         self.metrics_path = metrics_path
         self._in_flight = 0
@@ -171,11 +207,44 @@ class _Handler(BaseHTTPRequestHandler):
     def do_DELETE(self) -> None:
         self._handle("DELETE")
 
+    def setup(self) -> None:
+        super().setup()
+        self._reader = _DeadlineReader(self.connection, self.timeout)
+        self.rfile = io.BufferedReader(self._reader)
+
+    def handle_one_request(self) -> None:
+        """Wait (idle timeout) for a request's first byte, then give it ``read_timeout_s``."""
+        self._reader.deadline = None
+        try:
+            if not self.rfile.peek(1):
+                self.close_connection = True
+                return
+        except OSError:  # idle timeout, reset
+            self.close_connection = True
+            return
+        self._reader.deadline = time.monotonic() + self.server.read_timeout_s
+        super().handle_one_request()
+
     def _handle(self, method: str) -> None:
         self.server.begin_request()
         try:
+            # The body is read before a slot is taken: a slow client holds only its own thread.
+            try:
+                body = self._body(method)
+            except HttpError as exc:
+                self._send(exc.http_status or HTTP_STATUS[exc.code], dumps({"error": str(exc)}))
+                return
+            except TimeoutError:
+                message = (
+                    f"the request was not received in full within {self.server.read_timeout_s:g} s"
+                )
+                self._send(408, dumps({"error": message}))
+                return
+            finally:
+                self._reader.deadline = None
+                self.connection.settimeout(self.timeout)  # for writing the answer
             with self.server.slots:  # at most --rest_api_num_threads requests at once
-                self._dispatch(method)
+                self._dispatch(method, body)
         finally:
             self.server.end_request()
 
@@ -259,12 +328,11 @@ class _Handler(BaseHTTPRequestHandler):
         if self.command != "HEAD" and code >= 200 and code not in (204, 304):
             self.wfile.write(body)
 
-    def _dispatch(self, method: str) -> None:
+    def _dispatch(self, method: str, body: bytes) -> None:
         started = time.perf_counter()
         path = self.path.split("?", 1)[0]
         model_name, api = "", ""
         try:
-            body = self._body(method)
             if self.server.metrics_path and path == self.server.metrics_path and method == "GET":
                 assert self.server.metrics is not None
                 self._send(200, self.server.metrics.render(), CONTENT_TYPE)

@@ -17,7 +17,13 @@ import time
 from pathlib import Path
 from typing import Any, NoReturn
 
-from serving.cli_numbers import NON_NEGATIVE_FLOAT, NON_NEGATIVE_INT, PORT, POSITIVE_INT
+from serving.cli_numbers import (
+    NON_NEGATIVE_FLOAT,
+    NON_NEGATIVE_INT,
+    PORT,
+    POSITIVE_FLOAT,
+    POSITIVE_INT,
+)
 from serving.contract import GRPC_PORT, REST_PORT
 
 # The serving modules (config, core, front ends) are imported inside ModelServer and main, not
@@ -73,6 +79,13 @@ def build_parser() -> argparse.ArgumentParser:
         type=NON_NEGATIVE_INT,
         default=30000,
         help="REST deadline for a request waiting in the batching queue (default 30000)",
+    )
+    p.add_argument(
+        "--rest_api_read_timeout_seconds",
+        type=POSITIVE_FLOAT,
+        default=30.0,
+        help="a REST request (headers and body) must arrive in full within this time of its "
+        "first byte, else 408 (convserve extension; default 30)",
     )
     p.add_argument("--model_name", default=None, help="model name (default 'default')")
     p.add_argument(
@@ -238,6 +251,7 @@ class ModelServer:
                 metrics_path=self.monitoring.path if self.monitoring.enabled else None,
                 max_concurrent=self.args.rest_api_num_threads,
                 timeout_s=self.args.rest_api_timeout_in_ms / 1000 or None,
+                read_timeout_s=self.args.rest_api_read_timeout_seconds,
             )
             t = threading.Thread(target=self.rest_server.serve_forever, name="rest", daemon=True)
             t.start()

@@ -1,0 +1,325 @@
+"""A gunicorn ``gthread`` worker that reads each request in full before a thread serves it.
+
+It extends `serving.gateway.worker.GatewayWorker` (gthread refusing new connections at once
+when a graceful stop begins), so the gateway runs one worker class with both behaviours.
+
+gunicorn's ``gthread`` worker gives a connection to a pool thread as soon as it is readable,
+and the thread then reads headers and body with blocking reads and no deadline: a client that
+trickles a request one byte at a time (slowloris) holds a thread for as long as it likes, and
+``GATEWAY_THREADS`` such clients hold every thread of a worker. `RequestBufferingWorker` keeps
+gthread's event loop and pool but changes what a pool thread does with a connection:
+
+- it reads only the bytes already there (non-blocking) into the connection's buffer;
+- while the request is incomplete it hands the connection straight back to the event loop
+  (gthread's "pending" list, woken when more bytes arrive), so a slow client costs a socket and
+  its buffer, never a waiting thread;
+- once the request line, the headers and the body (by ``Content-Length``, or a complete chunked
+  body) are all in memory, the bytes go to gunicorn's parser and the request is served as
+  usual, from memory;
+- a request that is not complete within ``GATEWAY_CLIENT_TIMEOUT_SECONDS`` of its first visit
+  (the connection opened, or its previous answer sent) is answered ``408`` in the gateway's
+  error shape and the connection closed; a connection that sends nothing at all is closed by
+  gthread after ``GATEWAY_KEEPALIVE_SECONDS``.
+
+A body declared larger than ``GATEWAY_MAX_BODY_BYTES`` is not buffered: the request goes to the
+app after its headers, which answers 413 from the ``Content-Length`` header without reading it.
+``Expect: 100-continue`` is answered here (the client then sends its body). This module is
+imported by gunicorn's master (it names the worker class), so it imports neither Flask nor
+prometheus-client.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import socket
+import time
+from typing import Any, NamedTuple
+
+from gunicorn.workers import gthread
+
+from serving.gateway.config import GatewayConfig
+from serving.gateway.worker import GatewayWorker
+
+__all__ = ["RequestBufferingWorker", "Verdict", "request_complete"]
+
+#: A request line and headers longer than this are refused here with 431 (gunicorn's own
+#: limits allow ~800 KiB, which its parser would then read with blocking reads).
+MAX_HEADER_BYTES = 64 * 1024
+_READ_CHUNK = 256 * 1024
+_CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
+
+
+def _header_fields(head: bytes) -> dict[bytes, bytes]:
+    """Lower-cased header names → values (the last one wins) of a header block."""
+    out = {}
+    for line in head.split(b"\r\n")[1:]:
+        name, sep, value = line.partition(b":")
+        if sep:
+            out[name.strip().lower()] = value.strip()
+    return out
+
+
+def _chunked_end(buf: bytes | bytearray, pos: int, limit: int) -> tuple[int, bool] | None:
+    """(where a chunked body starting at ``pos`` ends, whether it is over ``limit``), or None
+    while it is not all there.
+
+    Malformed framing ends at ``len(buf)``: gunicorn's parser refuses it from the buffer. A body
+    over ``limit`` ends once more than ``limit`` decoded bytes of it are buffered, so the app's
+    413 (serving/gateway/body_limit.py reads ``limit + 1`` bytes) never waits on the client.
+    """
+    total = 0
+    while True:
+        eol = buf.find(b"\r\n", pos)
+        if eol < 0:
+            return None if len(buf) - pos < 1024 else (len(buf), False)
+        try:
+            size = int(buf[pos:eol].split(b";", 1)[0].strip(), 16)
+        except ValueError:
+            return len(buf), False
+        if total + size > limit:  # decoded bytes buffered: earlier chunks + this one's start
+            held = total + max(0, len(buf) - (eol + 2))
+            return (len(buf), True) if held > limit else None
+        total += size
+        if size == 0:  # last chunk: trailer fields, then an empty line
+            end = buf.find(b"\r\n\r\n", eol)
+            if buf.startswith(b"\r\n", eol + 2):
+                return eol + 4, False
+            return None if end < 0 else (end + 4, False)
+        pos = eol + 2 + size + 2
+        if pos > len(buf):
+            return None
+
+
+class Verdict(NamedTuple):
+    """What `request_complete` found at the start of a buffer."""
+
+    complete: bool  # hand it to gunicorn's parser: it will not wait on the client
+    expects_continue: bool  # incomplete, and the client waits for "100 Continue"
+    oversized: bool  # the body is over the limit: the app answers 413, nothing is drained
+    headers_too_large: bool = False  # no end of headers within MAX_HEADER_BYTES: 431 here
+
+
+def request_complete(buf: bytes | bytearray, max_body: int) -> Verdict:
+    """Is the request at the start of ``buf`` all there?
+
+    Complete means the request can be handed to gunicorn's parser without it waiting on the
+    client: headers and body are in ``buf``, or there is nothing worth waiting for (a body
+    declared over ``max_body``, framing the parser refuses anyway).
+    """
+    end = buf.find(b"\r\n\r\n")
+    if end < 0:
+        too_long = len(buf) > MAX_HEADER_BYTES
+        return Verdict(too_long, False, False, too_long)
+    head, body_start = bytes(buf[:end]), end + 4
+    fields = _header_fields(head)
+    oversized = False
+    if b"chunked" in fields.get(b"transfer-encoding", b"").lower():
+        found = _chunked_end(buf, body_start, max_body)
+        done, oversized = found is not None, found is not None and found[1]
+    elif b"content-length" in fields:
+        try:
+            length = int(fields[b"content-length"])
+        except ValueError:
+            return Verdict(True, False, False)  # gunicorn answers 400
+        oversized = length > max_body
+        done = oversized or len(buf) - body_start >= length
+    else:
+        done = True
+    expects = fields.get(b"expect", b"").lower() == b"100-continue"
+    return Verdict(done, expects and not done, oversized)
+
+
+def _drop_expect(buf: bytes) -> bytes:
+    """``buf`` without its ``Expect`` header line (the 100 Continue went out already)."""
+    end = buf.find(b"\r\n\r\n")
+    lines = buf[:end].split(b"\r\n")
+    kept = [ln for ln in lines if not ln.lower().startswith(b"expect:")]
+    return b"\r\n".join(kept) + buf[end:]
+
+
+def _error_response(status: str, code: str, message: str) -> bytes:
+    """An answer in the gateway's error shape (serving/gateway/errors.py), written here because
+    the request never reached the app; the connection closes after it."""
+    body = json.dumps({"error": {"code": code, "message": message}}, separators=(",", ":"))
+    head = (
+        f"HTTP/1.1 {status}\r\nContent-Type: application/json\r\n"
+        f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n"
+    )
+    return (head + body).encode()
+
+
+def _timeout_response(seconds: float) -> bytes:
+    return _error_response(
+        "408 Request Timeout",
+        "request_timeout",
+        f"the request was not received in full within {seconds:g} s",
+    )
+
+
+_HEADERS_TOO_LARGE = _error_response(
+    "431 Request Header Fields Too Large",
+    "headers_too_large",
+    f"the request line and headers are longer than {MAX_HEADER_BYTES} bytes",
+)
+
+
+class _Pending:
+    """The request a connection is sending: bytes so far, deadline, 100 Continue sent."""
+
+    __slots__ = ("buf", "continued", "deadline")
+
+    def __init__(self, deadline: float) -> None:
+        self.buf = bytearray()
+        self.deadline = deadline
+        self.continued = False
+
+
+def _send_quietly(sock: Any, data: bytes) -> bool:
+    """Send a short answer without blocking (it fits any socket buffer); False if it failed."""
+    try:
+        sock.setblocking(False)
+        sock.send(data)
+    except OSError:
+        return False
+    return True
+
+
+def _close_now(sock: Any) -> None:
+    """Close a connection from the pool thread without lingering.
+
+    gthread would close it on its event loop with a lingering close that reads from the client
+    for up to 2 s; a client that keeps trickling would stall the loop (every connection of the
+    worker) that long. Here: FIN, drop what the kernel holds (so the close does not reset the
+    answer away), close.
+    """
+    with contextlib.suppress(OSError):
+        sock.shutdown(socket.SHUT_WR)
+        sock.setblocking(False)
+        while sock.recv(65536):
+            pass
+    with contextlib.suppress(OSError):
+        sock.close()
+
+
+class RequestBufferingWorker(GatewayWorker):
+    """gthread with requests buffered in full before a thread serves them (module docstring)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        cfg = GatewayConfig.from_env()
+        self.client_timeout = cfg.client_timeout_seconds
+        self.max_body = cfg.max_body_bytes
+        self.max_buffer = self.max_body + MAX_HEADER_BYTES
+        # A chunked body can be far longer on the wire than decoded (1-byte chunks): past
+        # max_buffer it is refused here, with the app's words for an oversized body.
+        self.body_too_large = _error_response(
+            "413 Content Too Large",
+            "body_too_large",
+            f"request body is larger than the limit of {self.max_body} bytes",
+        )
+
+    def handle(self, conn: Any) -> Any:
+        """Serve the connection's request if it is all there, else give the connection back."""
+        result = self._handle(conn)
+        if result is False:
+            _close_now(conn.sock)
+        return result
+
+    def _handle(self, conn: Any) -> Any:
+        pending: _Pending | None = getattr(conn, "convserve_pending", None)
+        if pending is None:
+            pending = conn.convserve_pending = _Pending(time.monotonic() + self.client_timeout)
+        try:
+            if not conn.initialized:
+                conn.init()  # the parser; plain sockets only (no TLS in this gateway)
+            if conn.is_http2:
+                conn.convserve_pending = None
+                return super().handle(conn)
+            # Read-ahead gunicorn's parser already holds (pipelined requests) comes first.
+            pending.buf += conn.parser.unreader.take_buffered()
+            eof = self._read_available(conn, pending)
+        except OSError:
+            conn.convserve_pending = None
+            return False
+        done, expects, oversized, headers_too_large = request_complete(pending.buf, self.max_body)
+        if headers_too_large:
+            conn.convserve_pending = None
+            _send_quietly(conn.sock, _HEADERS_TOO_LARGE)
+            return False
+        if not done and len(pending.buf) > self.max_buffer:
+            conn.convserve_pending = None
+            _send_quietly(conn.sock, self.body_too_large)
+            return False
+        if not done and not eof:
+            if time.monotonic() >= pending.deadline:
+                self._refuse(conn)
+                return False
+            if expects and not pending.continued:
+                pending.continued = True
+                pending.buf = bytearray(_drop_expect(bytes(pending.buf)))
+                if not _send_quietly(conn.sock, _CONTINUE):
+                    conn.convserve_pending = None
+                    return False
+            return gthread._DEFER  # back to the event loop until more bytes arrive
+        conn.convserve_pending = None
+        if not pending.buf:
+            return False  # the client closed the connection without sending anything
+        conn.parser.unreader.unread(bytes(pending.buf))
+        conn.data_ready = True  # gthread must not wait for data again
+        conn.convserve_oversized = oversized
+        return super().handle(conn)
+
+    def _keepalive_after(self, conn: Any, keepalive: bool) -> bool:
+        """After an oversized body's 413, close instead of draining a body never wanted."""
+        if getattr(conn, "convserve_oversized", False):
+            conn.convserve_oversized = False
+            return False
+        return super()._keepalive_after(conn, keepalive)
+
+    def _read_available(self, conn: Any, pending: _Pending) -> bool:
+        """Append what the socket holds to ``pending.buf`` without blocking; True at EOF."""
+        conn.sock.setblocking(False)
+        while len(pending.buf) <= self.max_buffer:
+            try:
+                data = conn.sock.recv(_READ_CHUNK)
+            except (BlockingIOError, InterruptedError):
+                return False
+            if not data:
+                return True
+            pending.buf += data
+        return False
+
+    def _refuse(self, conn: Any) -> None:
+        """408 (if the client sent anything) for a request past its deadline."""
+        pending = conn.convserve_pending
+        conn.convserve_pending = None
+        if pending is not None and pending.buf:
+            self.log.warning(
+                "client %s: request not received within %gs; answered 408",
+                conn.client[0] if conn.client else "?",
+                self.client_timeout,
+            )
+            _send_quietly(conn.sock, _timeout_response(self.client_timeout))
+
+    def finish_request(self, conn: Any, fs: Any) -> None:
+        """gthread's bookkeeping; a deferred request keeps its own deadline (not keep-alive's)."""
+        super().finish_request(conn, fs)
+        pending = getattr(conn, "convserve_pending", None)
+        if pending is not None:
+            conn.timeout = pending.deadline
+
+    def murder_pending(self) -> None:
+        """Close deferred connections past their deadline (408 if a request was started).
+
+        gthread's version stops at the first live entry, as its deadlines are in order; these
+        are per request, so every entry is checked.
+        """
+        now = time.monotonic()
+        for conn in [c for c in self.pending_conns if c.timeout <= now]:
+            self.pending_conns.remove(conn)
+            with contextlib.suppress(OSError, KeyError, ValueError):  # already unregistered
+                self.poller.unregister(conn.sock)
+            self.nr_conns -= 1
+            self._refuse(conn)
+            conn.close()
