@@ -8,6 +8,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from serving.backends import VersionStatus
 from serving.gateway import create_app
 from serving.gateway.config import GatewayConfig
+from serving.gateway.errors import VERSION_FAILED
 from tests.support.gateway import FakeBackend
 
 FAILED = VersionStatus(4, "END", "saved_model.pb is not a SavedModel")
@@ -34,7 +35,7 @@ def test_models_listing_sets_and_clears_the_version_error_gauge():
     client = _client(backend)
     assert _gauge(client) == {}
     body = client.get("/v1/models").get_json()
-    assert body["versions"][0] == {"version": 4, "state": "END", "error": FAILED.error}
+    assert body["versions"][0] == {"version": 4, "state": "END", "error": VERSION_FAILED}
     assert _gauge(client) == {"4": 1.0}
     backend.states = [SERVING]  # the folder was removed (or fixed and loaded)
     client.get("/v1/models")

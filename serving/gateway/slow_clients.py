@@ -33,6 +33,7 @@ from __future__ import annotations
 import contextlib
 import json
 import socket
+import threading
 import time
 from typing import Any, NamedTuple
 
@@ -218,13 +219,39 @@ class RequestBufferingWorker(GatewayWorker):
             "body_too_large",
             f"request body is larger than the limit of {self.max_body} bytes",
         )
+        # Requests the pool threads are serving, counted by the threads themselves: gthread's
+        # own connection count can fall to 0 with deferred connections still being served, and
+        # its graceful stop would then close the backend under them (tests/test_faults.py).
+        self._serving = 0
+        self._serving_done = threading.Condition()
 
     def handle(self, conn: Any) -> Any:
         """Serve the connection's request if it is all there, else give the connection back."""
-        result = self._handle(conn)
-        if result is False:
-            _close_now(conn.sock)
-        return result
+        with self._serving_done:
+            self._serving += 1
+        try:
+            result = self._handle(conn)
+            if result is False:
+                _close_now(conn.sock)
+            return result
+        finally:
+            with self._serving_done:
+                self._serving -= 1
+                self._serving_done.notify_all()
+
+    def run(self) -> None:
+        """gthread's loop and graceful stop, then wait (up to ``graceful_timeout``) for the
+        requests still being served before the worker exits and its backend is closed."""
+        super().run()
+        deadline = time.monotonic() + self.cfg.graceful_timeout
+        with self._serving_done:
+            while self._serving > 0:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    self.log.warning("stopping with %d request(s) still served", self._serving)
+                    return
+                self.notify()
+                self._serving_done.wait(min(left, 1.0))
 
     def _handle(self, conn: Any) -> Any:
         pending: _Pending | None = getattr(conn, "convserve_pending", None)

@@ -371,7 +371,7 @@ class _Handler(BaseHTTPRequestHandler):
             code = "OK"
         except ModelError as exc:
             code = exc.code
-            status = getattr(exc, "status", None) or HTTP_STATUS.get(code, 500)
+            status = getattr(exc, "http_status", None) or HTTP_STATUS.get(code, 500)
             self._send(status, dumps({"error": str(exc)}))
         except Exception:  # never a traceback to the client: log it, answer 500
             log.exception("REST %s %s failed", method, path)
