@@ -39,7 +39,7 @@ import logging
 import os
 import sys
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import Any
 
 from loadtest import compare
 from loadtest import soak as soak_mod
@@ -54,15 +54,9 @@ from serving.cli_numbers import (
     RATIO,
     Number,
 )
+from serving.cli_parser import OneLineErrorParser
 
 EXIT_OK, EXIT_THRESHOLD, EXIT_USAGE, EXIT_LOCUST = 0, 1, 2, 3
-
-
-class _Parser(argparse.ArgumentParser):
-    """argparse with a one-line error (no usage dump) and exit status 2."""
-
-    def error(self, message: str) -> NoReturn:
-        self.exit(EXIT_USAGE, f"{self.prog}: error: {message} (see --help)\n")
 
 
 def _duration(text: str) -> str:
@@ -103,14 +97,14 @@ def _add_load_args(p: argparse.ArgumentParser, *, users: int, duration: str) -> 
 
 def build_parser() -> argparse.ArgumentParser:
     """The ``python -m loadtest`` parser."""
-    parser = _Parser(
+    parser = OneLineErrorParser(
         prog="python -m loadtest",
         description="Load tests of convserve with Locust.",
         formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog="Exit codes: 0 ok, 1 threshold crossed / row failed, 2 usage or unreachable host, "
         "3 Locust failed.",
     )
-    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=OneLineErrorParser)
 
     run = sub.add_parser(
         "run",

@@ -15,7 +15,6 @@ Example::
 
 from __future__ import annotations
 
-import argparse
 import itertools
 import json
 import os
@@ -25,7 +24,6 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import NoReturn
 
 import grpc
 import numpy as np
@@ -35,6 +33,7 @@ from loadtest.backends import predict_request
 from loadtest.servers import ROOT, Server, StartError, start_modelserver
 from serving.backends import _protos
 from serving.cli_numbers import POSITIVE_FLOAT, POSITIVE_INT
+from serving.cli_parser import OneLineErrorParser
 from serving.contract import MODEL_NAME
 
 Caller = tuple[Callable[[], None], Callable[[], None]]  # (one request, close the connection)
@@ -142,16 +141,11 @@ def markdown(rows: list[dict[str, object]]) -> str:
     return "\n".join(out)
 
 
-class _Parser(argparse.ArgumentParser):
-    """argparse with a one-line error message (no usage dump), exit status 2."""
-
-    def error(self, message: str) -> NoReturn:
-        self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
-
-
 def main(argv: list[str] | None = None) -> int:
     """Run the benchmark; returns the exit code."""
-    p = _Parser(prog="python -m loadtest.modelserver", description=__doc__.split("\n")[0])
+    p = OneLineErrorParser(
+        prog="python -m loadtest.modelserver", description=__doc__.split("\n")[0]
+    )
     p.add_argument(
         "--model_base_path", default="models/fashion_mnist", help="exported model base dir"
     )

@@ -15,7 +15,7 @@ import sys
 import threading
 import time
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import Any
 
 from serving.cli_numbers import (
     NON_NEGATIVE_FLOAT,
@@ -24,6 +24,7 @@ from serving.cli_numbers import (
     POSITIVE_FLOAT,
     POSITIVE_INT,
 )
+from serving.cli_parser import OneLineErrorParser
 from serving.contract import GRPC_PORT, REST_PORT
 
 # The serving modules (config, core, front ends) are imported inside ModelServer and main, not
@@ -44,16 +45,9 @@ def _bool(text: str) -> bool:
     raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
 
 
-class _Parser(argparse.ArgumentParser):
-    """argparse with a one-line error message (no usage dump), exit status 2."""
-
-    def error(self, message: str) -> NoReturn:
-        self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
-
-
 def build_parser() -> argparse.ArgumentParser:
     """The argparse parser with tensorflow_model_server's flag names."""
-    p = _Parser(
+    p = OneLineErrorParser(
         prog="python -m serving.modelserver",
         description=(
             "A TensorFlow-Serving-compatible model server (gRPC PredictionService/ModelService "
