@@ -108,6 +108,14 @@ def test_train_env_var_names_the_folder(tmp_path: Path) -> None:
         ),
         (["train", "--recipe", "huge"], "argument --recipe: invalid choice: 'huge'"),
         (
+            ["train", "--erase", "1.5"],
+            "argument --erase: expected a finite number in [0, 1], got '1.5'",
+        ),
+        (
+            ["train", "--weight-decay", "-1"],
+            "argument --weight-decay: expected a finite number >= 0, got '-1'",
+        ),
+        (
             ["visualize", "--model", "m"],
             "one of the arguments --image --test-index --class-id is required",
         ),
@@ -122,6 +130,7 @@ def test_train_env_var_names_the_folder(tmp_path: Path) -> None:
 def test_bad_arguments_exit_2(args: list[str], message: str) -> None:
     proc = run_cli(*args)
     assert proc.returncode == 2
+    assert message in proc.stderr
     assert "Traceback" not in proc.stderr
     assert proc.stderr.startswith("usage: python -m training")
     assert message in proc.stderr.rstrip().splitlines()[-1]
@@ -264,7 +273,8 @@ def test_train_cli_exports_next_version_and_refuses_existing(
     base = tmp_path / "fashion_mnist"
     shutil.copytree(exported_model, base)
     common = ["--data-dir", str(fashion_mnist_dir), "--export-dir", str(base), "--recipe", "lesson",
-              "--epochs", "1", "--max-train-samples", "600", "--seed", "5", "--no-progress"]  # fmt: skip
+              "--epochs", "1", "--max-train-samples", "600", "--seed", "5", "--no-progress",
+              "--erase", "0.25", "--weight-decay", "0.01"]  # fmt: skip
     assert main(["train", *common, "--no-plots"]) == 0
     out = capsys.readouterr().out
     assert f"exported to {base / '2'}" in out
@@ -276,6 +286,7 @@ def test_train_cli_exports_next_version_and_refuses_existing(
     assert (recipe["optimizer"], recipe["batch_size"], recipe["ema"]) == ("adam", 32, False)
     assert recipe["epochs"] == 1
     assert (recipe["seed"], recipe["max_train_samples"]) == (5, 600)
+    assert (recipe["erase"], recipe["weight_decay"]) == (0.25, 0.01)
     assert not (base / "2" / "confusion_matrix.png").exists()
 
     assert main(["train", *common, "--version", "1"]) == 1

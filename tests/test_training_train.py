@@ -87,6 +87,34 @@ def test_shift_moves_each_image_by_at_most_one_pixel() -> None:
     assert len(seen) >= 6  # the nine offsets are all in use
 
 
+def test_erasing_replaces_one_rectangle_in_about_the_given_share_of_images() -> None:
+    import tensorflow as tf
+
+    from training.train import ERASE_AREA, augment_batch
+
+    x = np.zeros((2000, 28, 28, 1), np.uint8)  # any erased pixel shows as noise (255/256 nonzero)
+    out = augment_batch(
+        tf.constant(x), tf.constant([3, 4], tf.int64), flip=False, shift=0, erase=0.5
+    ).numpy()
+    changed = out[..., 0] != 0
+    erased = changed.any(axis=(1, 2))
+    assert 0.45 < erased.mean() < 0.55
+    for img in changed[erased][:200]:
+        rows, cols = np.nonzero(img.any(axis=1))[0], np.nonzero(img.any(axis=0))[0]
+        box = img[rows.min() : rows.max() + 1, cols.min() : cols.max() + 1]
+        assert box.mean() > 0.95  # one filled rectangle (a noise pixel may be 0)
+        area = box.size / (28 * 28)
+        assert ERASE_AREA[0] / 2 <= area <= ERASE_AREA[1] * 1.2
+    again = augment_batch(
+        tf.constant(x), tf.constant([3, 4], tf.int64), flip=False, shift=0, erase=0.5
+    ).numpy()
+    np.testing.assert_array_equal(out, again)
+    untouched = augment_batch(
+        tf.constant(_batch()), tf.constant([3, 4], tf.int64), flip=False, shift=0, erase=0.0
+    ).numpy()
+    np.testing.assert_array_equal(untouched, _batch())
+
+
 def test_make_dataset_scales_and_smooths() -> None:
     from training.train import RECIPES, make_dataset
 

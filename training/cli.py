@@ -28,7 +28,14 @@ from pathlib import Path
 
 import numpy as np
 
-from serving.cli_numbers import FRACTION, NON_NEGATIVE_INT, POSITIVE_FLOAT, POSITIVE_INT
+from serving.cli_numbers import (
+    FRACTION,
+    NON_NEGATIVE_FLOAT,
+    NON_NEGATIVE_INT,
+    POSITIVE_FLOAT,
+    POSITIVE_INT,
+    RATIO,
+)
 from serving.contract import CLASS_NAMES
 from training.data import DataError, load_fashion_mnist
 from training.errors import ExportError, ImageError, RecipeError
@@ -93,6 +100,11 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--epochs", type=POSITIVE_INT, help="maximum number of epochs")
     t.add_argument("--batch-size", type=POSITIVE_INT, help="training batch size")
     t.add_argument("--learning-rate", type=POSITIVE_FLOAT, help="peak learning rate")
+    t.add_argument("--weight-decay", type=NON_NEGATIVE_FLOAT, help="AdamW's weight decay")
+    t.add_argument(
+        "--erase", type=RATIO,
+        help="random-erasing probability per training image (0 = off)",
+    )  # fmt: skip
     t.add_argument("--seed", type=NON_NEGATIVE_INT, help="random seed (same seed, same model)")
     t.add_argument("--max-train-samples", type=POSITIVE_INT, help="train on a random subset")
     t.add_argument(
@@ -212,6 +224,8 @@ def cmd_train(args: argparse.Namespace) -> int:
         epochs=args.epochs,
         batch_size=args.batch_size,
         learning_rate=args.learning_rate,
+        weight_decay=args.weight_decay,
+        erase=args.erase,
         seed=args.seed,
         max_train_samples=args.max_train_samples,
         validation_fraction=args.validation_fraction,

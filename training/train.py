@@ -49,6 +49,7 @@ class Recipe:
     ema_momentum: float = 0.999
     flip: bool = True  # random horizontal flips
     shift: int = 1  # random integer shifts of up to this many pixels
+    erase: float = 0.0  # probability of random erasing (one rectangle of noise per image)
     validation_fraction: float = 0.1  # 0 = no validation split (the lesson's recipe)
     patience: int = 5  # early stopping on validation accuracy; 0 disables it
     max_train_samples: int | None = None
@@ -107,8 +108,11 @@ class TrainResult:
     export_path: Path | None = None
 
 
-def augment_batch(images: tf.Tensor, seed: tf.Tensor, *, flip: bool, shift: int) -> tf.Tensor:
-    """Vectorised augmentation of a uint8 batch ``[B,28,28,1]``: random h-flips and integer shifts.
+def augment_batch(
+    images: tf.Tensor, seed: tf.Tensor, *, flip: bool, shift: int, erase: float = 0.0
+) -> tf.Tensor:
+    """Vectorised augmentation of a uint8 batch ``[B,28,28,1]``: random h-flips, integer shifts
+    and, with probability ``erase`` per image, random erasing (see :func:`erase_rectangles`).
 
     ``seed`` is a shape-[2] int tensor (stateless RNG), so every run with the same seed sees the
     same augmentations.
@@ -135,7 +139,41 @@ def augment_batch(images: tf.Tensor, seed: tf.Tensor, *, flip: bool, shift: int)
             interpolation="NEAREST",
             fill_mode="CONSTANT",
         )
+    if erase > 0:
+        images = erase_rectangles(images, seed + 2, erase)
     return images
+
+
+# Random erasing as in Zhong et al. (2017): area 2-40% of the image, aspect ratio 0.3-3.3.
+ERASE_AREA = (0.02, 0.4)
+ERASE_ASPECT = (0.3, 1 / 0.3)
+
+
+def erase_rectangles(images: tf.Tensor, seed: tf.Tensor, probability: float) -> tf.Tensor:
+    """Replace one random rectangle per image (with ``probability``) by uniform uint8 noise.
+
+    Vectorised over the batch: each image draws an area and a log-uniform aspect ratio, the
+    rectangle is clipped to the image, and a broadcast row/column comparison builds the masks.
+    """
+    batch = tf.shape(images)[0]
+    size = float(IMAGE_SIZE)
+    u = tf.random.stateless_uniform([batch, 5], seed=seed)
+    area = (ERASE_AREA[0] + u[:, 0] * (ERASE_AREA[1] - ERASE_AREA[0])) * size * size
+    log_lo, log_hi = math.log(ERASE_ASPECT[0]), math.log(ERASE_ASPECT[1])
+    aspect = tf.exp(log_lo + u[:, 1] * (log_hi - log_lo))
+    height = tf.clip_by_value(tf.round(tf.sqrt(area * aspect)), 1.0, size)
+    width = tf.clip_by_value(tf.round(tf.sqrt(area / aspect)), 1.0, size)
+    top = tf.floor(u[:, 2] * (size - height + 1))
+    left = tf.floor(u[:, 3] * (size - width + 1))
+    positions = tf.range(IMAGE_SIZE, dtype=tf.float32)
+    rows = (positions[None, :] >= top[:, None]) & (positions[None, :] < (top + height)[:, None])
+    cols = (positions[None, :] >= left[:, None]) & (positions[None, :] < (left + width)[:, None])
+    chosen = u[:, 4] < probability
+    mask = rows[:, :, None] & cols[:, None, :] & chosen[:, None, None]
+    noise = tf.random.stateless_uniform(
+        tf.shape(images), seed=seed + 3, minval=0, maxval=256, dtype=tf.int32
+    )
+    return tf.where(mask[..., None], tf.cast(noise, images.dtype), images)
 
 
 def make_dataset(
@@ -151,7 +189,7 @@ def make_dataset(
     if training:
         ds = ds.shuffle(len(x), seed=recipe.seed, reshuffle_each_iteration=True)
     ds = ds.batch(recipe.batch_size, drop_remainder=False)
-    if training and (recipe.flip or recipe.shift):
+    if training and (recipe.flip or recipe.shift or recipe.erase):
         # A per-batch stateless seed: (base seed, batch counter) is reproducible across runs.
         counter = tf.data.Dataset.counter()
         ds = tf.data.Dataset.zip((ds, counter)).map(
@@ -161,6 +199,7 @@ def make_dataset(
                     tf.stack([tf.constant(recipe.seed, tf.int64), i]),
                     flip=recipe.flip,
                     shift=recipe.shift,
+                    erase=recipe.erase,
                 ),
                 xy[1],
             ),
