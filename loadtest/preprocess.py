@@ -99,8 +99,8 @@ def _cutout_rgba(x: np.ndarray, light: bool, masked: bool = False) -> Image.Imag
       as catalogues show; otherwise dark (85-100%). Fully transparent pixels store black;
     - ``masked``: instead of the garment's own colour, keep the photo's pixels (already mixed
       with the white page at soft edges and in light parts) under the same alpha, as masking
-      a photo in an image editor does. This breaks PNG's un-associated rule, so any
-      compositing counts the coverage twice there: the benchmark shows what that costs.
+      a photo in an image editor does. This breaks PNG's un-associated rule (alpha x colour
+      would count the coverage twice); `serving.preprocess` recognises such matted colour.
     """
     rng = np.random.default_rng(zlib.crc32(x.tobytes()))
     size = (x.shape[1] * 4, x.shape[0] * 4)

@@ -35,9 +35,15 @@ dataset did (without it a light garment came out dim: 4.5 points lost in docs/BE
 soft edge keeps its coverage as intensity; a garment too close to white to show at all (no pixel
 darker than the 5% tolerance, which the dataset avoided by leaving white products out) is shown by
 its coverage alone. An image whose alpha is 255 everywhere is converted exactly as the same image
-without alpha. A file that breaks the convention (a photo masked in an editor, whose partly
-transparent pixels already contain the page) looks lighter at those pixels on any white page, and
-is converted as it looks: no per-pixel rule can tell the page in a colour from a lighter garment.
+without alpha. A file that breaks the convention has its colour *matted* against white: a photo
+masked in an editor keeps the page mixed into every soft edge and light part, and an editor's
+"matte: white" export mixes it in on purpose. There the colour's darkness already is coverage x
+darkness, so multiplying by alpha again would count the coverage twice. No single pixel tells
+the page in a colour from a lighter garment, but the whole image does: matted colour fades to
+white as alpha falls, so darkness and alpha correlate across the partly transparent pixels,
+while a garment's own colour does not depend on its coverage. Such an image (correlation at
+least 0.6 over at least 64 partly transparent pixels, `matted_on_white`) is converted with the
+colour's darkness as the intensity wherever alpha is not 0.
 
 An image that is already 28x28 and single-channel grayscale is taken to be in the dataset's form
 and only scaled (value / 255): no trim, resize, sharpening or negation.
@@ -85,6 +91,7 @@ __all__ = [
     "array_to_input",
     "decode_image",
     "image_pixels",
+    "matted_on_white",
     "to_batch",
 ]
 
@@ -100,6 +107,12 @@ _FORMATS_TEXT = "PNG, JPEG, WebP, GIF, BMP"
 _TRIM_TOLERANCE = round(0.05 * 255)
 # Sharpening after the resize (README: "Gaussian operator of the radius and standard deviation
 # of 1.0"); built once.
+# A cutout whose colour was matted against white (an editor's "matte: white" export, or a photo
+# masked as it is): its colours fade to white as alpha falls, so over the partly transparent
+# pixels darkness and alpha correlate strongly. In un-associated colour they are unrelated (a
+# garment's own colour does not depend on how much of the pixel it covers).
+_MATTE_MIN_CORRELATION = 0.6
+_MATTE_MIN_PIXELS = 64  # fewer partly transparent pixels than this: no evidence either way
 _SHARPEN = ImageFilter.UnsharpMask(radius=1, percent=100, threshold=0)
 # JPEGs much larger than this are decoded at 1/2, 1/4 or 1/8 scale (libjpeg's DCT scaling),
 # which is far faster and still leaves > 8x the resolution the model needs.
@@ -223,7 +236,8 @@ def _load_gray(img: Image.Image) -> tuple[Image.Image, bool]:
 def _cutout_form(img: Image.Image) -> Image.Image:
     """An image with alpha → 8-bit light garment on black, the polarity of the dataset.
 
-    Intensity = coverage x the garment's darkness against white: the negated photo of the
+    Intensity = coverage x the garment's darkness against white (the colour's darkness alone
+    when it is matted against white, `matted_on_white`): the negated photo of the
     garment on the dataset's white page (the rule is explained in the module docstring),
     from Pillow's 8-bit luma of the colour, in integers, the product rounded once. A fully
     opaque image comes back as RGB, so it is converted exactly as the same image without alpha.
@@ -233,7 +247,10 @@ def _cutout_form(img: Image.Image) -> Image.Image:
     if alpha.min() == 255:
         return rgba.convert("RGB")
     darkness = 255 - np.asarray(rgba.convert("L")).astype(np.uint16)  # RGBA → L ignores alpha
-    intensity = (alpha * darkness + 127) // 255  # uint16: at most 255 x 255 + 127
+    if matted_on_white(alpha, darkness):
+        intensity = np.where(alpha > 0, darkness, 0)  # the colour already holds the coverage
+    else:
+        intensity = (alpha * darkness + 127) // 255  # uint16: at most 255 x 255 + 127
     if int(intensity.max()) <= _TRIM_TOLERANCE:
         intensity = alpha  # (near-)white garment: shown by its coverage
     # One ring of background around the canvas: _border_background reads the ring, and a
@@ -242,6 +259,24 @@ def _cutout_form(img: Image.Image) -> Image.Image:
     out = np.zeros((h + 2, w + 2), dtype=np.uint8)
     out[1:-1, 1:-1] = intensity
     return Image.fromarray(out, "L")
+
+
+def matted_on_white(alpha: np.ndarray, darkness: np.ndarray) -> bool:
+    """Whether a cutout's colour is matted against white: already mixed with the white page
+    in proportion to its transparency, instead of PNG's un-associated garment colour.
+
+    ``alpha`` and ``darkness`` (255 - luma) are same-shaped integer arrays. The evidence is a
+    correlation of at least 0.6 between the two over the partly transparent pixels (at least
+    64 of them); a uniform colour or alpha gives no evidence, so it reads as un-associated.
+    """
+    partial = (alpha > 0) & (alpha < 255)
+    if int(partial.sum()) < _MATTE_MIN_PIXELS:
+        return False
+    a = alpha[partial].astype(np.float64)
+    d = darkness[partial].astype(np.float64)
+    if a.std() == 0 or d.std() == 0:
+        return False
+    return float(np.corrcoef(a, d)[0, 1]) >= _MATTE_MIN_CORRELATION
 
 
 def _border_background(pixels: np.ndarray) -> float:

@@ -470,6 +470,51 @@ def test_white_garment_is_shown_by_its_coverage():
     np.testing.assert_array_equal(x, expected)
 
 
+@pytest.mark.parametrize("grey", [51, 153])
+def test_colour_matted_against_white_is_not_counted_twice(grey):
+    # A masked photo: the soft edges' colour already holds the page. Its darkness is coverage
+    # x darkness, so it decodes as the same garment stored un-associated (rounding aside).
+    alpha = cutouts.coverage()
+    garment = cutouts.cutout(alpha, (grey, grey, grey))
+    x = decode_image(cutouts.png(cutouts.matted(alpha, 255 - grey)))
+    close = mean_abs_diff(x, decode_image(cutouts.png(garment)))
+    assert close <= 1 / 255
+    twice = decode_image(cutouts.coverage_png(alpha * (alpha / 255) * ((255 - grey) / 255)))
+    assert mean_abs_diff(x, twice) > max(3 / 255, 5 * close)  # what alpha x darkness would give
+
+
+def test_textured_garment_matted_against_white_keeps_its_texture():
+    alpha = cutouts.coverage()
+    darkness = cutouts.texture(alpha.shape, 120, 230)
+    x = decode_image(cutouts.png(cutouts.matted(alpha, darkness)))
+    expected = decode_image(cutouts.coverage_png(alpha * (darkness / 255)))
+    assert mean_abs_diff(x, expected) <= 1 / 255
+
+
+def test_textured_garment_in_its_own_colour_is_not_taken_for_matted():
+    alpha = cutouts.coverage()
+    darkness = cutouts.texture(alpha.shape, 40, 230)
+    grey = np.rint(255 - darkness).astype(np.uint8)
+    rgba = np.dstack([grey, grey, grey, alpha])
+    rgba[alpha == 0, :3] = 0
+    x = decode_image(cutouts.png(Image.fromarray(rgba, "RGBA")))
+    expected = decode_image(cutouts.coverage_png(alpha * ((255 - grey.astype(np.float64)) / 255)))
+    assert mean_abs_diff(x, expected) <= 1 / 255
+
+
+def test_matte_evidence_needs_enough_partly_transparent_pixels_that_vary():
+    from serving.preprocess import matted_on_white
+
+    alpha = cutouts.coverage().astype(np.int32)
+    fading = alpha * 200 // 255  # darkness proportional to alpha: matted
+    assert matted_on_white(alpha, fading)
+    assert not matted_on_white(alpha, np.full_like(alpha, 200))  # one colour: no evidence
+    assert not matted_on_white(alpha, 255 - fading)  # anti-correlated: a garment's own colour
+    hard = np.where(alpha > 127, 255, 0)
+    hard[0, :10] = 100  # only 10 partly transparent pixels
+    assert not matted_on_white(hard, hard * 200 // 255)
+
+
 def test_garment_cropped_to_the_canvas_is_still_light_on_black():
     # Tight crop: the garment covers most of the border ring, which is where the background
     # is read from; the cutout's own transparency must still be the background.

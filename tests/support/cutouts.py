@@ -67,6 +67,22 @@ def cutout(
     return Image.fromarray(rgba, "RGBA")
 
 
+def matted(alpha: np.ndarray, darkness: np.ndarray | float) -> Image.Image:
+    """RGBA image of a garment of ``darkness`` (0-255 against white, per pixel or one value)
+    whose colour is matted against white: mixed with the page in proportion to transparency,
+    as a photo masked in an editor stores it. Fully transparent pixels store white."""
+    mixed = np.rint(255.0 - (alpha / 255.0) * darkness).astype(np.uint8)
+    rgba = np.dstack([mixed, mixed, mixed, alpha]).astype(np.uint8)
+    return Image.fromarray(rgba, "RGBA")
+
+
+def texture(shape: tuple[int, int], low: float, high: float) -> np.ndarray:
+    """A deterministic diagonal stripe pattern of darkness between ``low`` and ``high``."""
+    h, w = shape
+    yy, xx = np.mgrid[0:h, 0:w]
+    return low + (high - low) * (0.5 + 0.5 * np.sin((xx + yy) / 3.0))
+
+
 def coverage_png(intensity: np.ndarray) -> bytes:
     """Intensities (0-255 floats, light garment on black) rounded once, as an L PNG."""
     return png(Image.fromarray(np.rint(intensity).astype(np.uint8), "L"))
