@@ -248,6 +248,18 @@ def test_cli_check_prints_the_effective_config():
     assert "GATEWAY_MODEL_VERSION=" in lines
 
 
+def test_gunicorn_cmd_args_override_the_gateway_settings(monkeypatch):
+    from serving.gateway.__main__ import GatewayApplication
+
+    monkeypatch.delenv("GUNICORN_CMD_ARGS", raising=False)
+    default = GatewayApplication(prog="test").cfg
+    assert default.worker_class_str == "serving.gateway.slow_clients.RequestBufferingWorker"
+    monkeypatch.setenv("GUNICORN_CMD_ARGS", "--workers 3 --timeout 7 --worker-class gthread")
+    cfg = GatewayApplication(prog="test").cfg
+    assert (cfg.workers, cfg.timeout, cfg.worker_class_str) == (3, 7, "gthread")
+    assert cfg.threads == default.threads  # what the variable does not name stays
+
+
 def test_metrics_dir_fresh_per_run_and_removed_at_exit(monkeypatch):
     from serving.gateway import gunicorn_conf
 

@@ -8,7 +8,8 @@ Usage::
 
 Settings come from ``GATEWAY_*`` environment variables (serving/gateway/config.py); ``--host``
 and ``--port`` override ``GATEWAY_HOST``/``GATEWAY_PORT``. gunicorn's settings and hooks are in
-serving/gateway/gunicorn_conf.py. Exit codes: 0 clean shutdown, 2 bad configuration, 1 gunicorn
+serving/gateway/gunicorn_conf.py; ``GUNICORN_CMD_ARGS`` overrides them, as for gunicorn's own
+command. Exit codes: 0 clean shutdown, 2 bad configuration, 1 gunicorn
 failed to start (e.g. the port is taken).
 """
 
@@ -54,6 +55,13 @@ class GatewayApplication(BaseApplication):
         for key, value in vars(conf).items():
             if key in self.cfg.settings and value is not None:
                 self.cfg.set(key, value)
+        # As gunicorn's own command does: GUNICORN_CMD_ARGS overrides the config file.
+        env_args = self.cfg.get_cmd_args_from_env()
+        if env_args:
+            parsed = self.cfg.parser().parse_args(env_args)
+            for key, value in vars(parsed).items():
+                if key in self.cfg.settings and value is not None:
+                    self.cfg.set(key, value)
 
     def load(self) -> Any:
         # Imported in the worker, after gunicorn_conf has set up prometheus-client's
