@@ -24,11 +24,12 @@ import numpy as np
 import pytest
 import requests
 from PIL import Image
-from prometheus_client.parser import text_string_to_metric_families
 
 from loadtest.servers import free_ports, start_gateway, start_modelserver
+from loadtest.versions import publish_copy
 from serving.contract import list_versions
 from tests.support.ci import missing
+from tests.support.metrics import scrape
 from tests.support.modelserver import writable_copy
 from tests.support.traffic import Traffic, post_image
 from tests.support.workers import predictions_by_worker, wait_for_workers
@@ -37,13 +38,6 @@ pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 N_IMAGES = 200
 TIMEOUT_S = 3.0  # GATEWAY_TIMEOUT_SECONDS of the gateways under test
-
-
-def _copy_version(base: Path, src: int, dst: int) -> None:
-    """Publish version ``dst`` as a copy of ``src`` the way an exporter does: write, then rename."""
-    tmp = base / f".tmp-{dst}"
-    shutil.copytree(base / str(src), tmp)
-    os.rename(tmp, base / str(dst))
 
 
 @pytest.fixture(scope="module")
@@ -150,15 +144,6 @@ def reference(exported_model, test_pngs) -> np.ndarray:
     return fn(images=images)["probabilities"].numpy()
 
 
-def _metrics(url: str) -> dict[tuple[str, tuple], float]:
-    text = requests.get(f"{url}/metrics", timeout=10).text
-    return {
-        (s.name, tuple(sorted(s.labels.items()))): s.value
-        for fam in text_string_to_metric_families(text)
-        for s in fam.samples
-    }
-
-
 PREDICT_OK = (
     "gateway_requests_total",
     (("endpoint", "/v1/predict"), ("method", "POST"), ("status", "200")),
@@ -218,7 +203,7 @@ def test_metrics_sum_over_both_workers(gateways, test_pngs):
     gw = gateways["rest"]
     _, pngs = test_pngs
     workers = wait_for_workers(gw, 2)
-    before_scrape = _metrics(gw.url).get(PREDICT_OK, 0.0)
+    before_scrape = scrape(f"{gw.url}/metrics").get(PREDICT_OK, 0.0)
     before = predictions_by_worker(gw.metrics_dir)
     sent = 0
     with ThreadPoolExecutor(8) as pool:
@@ -236,7 +221,7 @@ def test_metrics_sum_over_both_workers(gateways, test_pngs):
     assert set(served) >= workers and sum(served.values()) == sent
     # Whichever worker answers the scrape, it reports the sum over both workers.
     for _ in range(6):
-        assert _metrics(gw.url)[PREDICT_OK] - before_scrape == sent
+        assert scrape(f"{gw.url}/metrics")[PREDICT_OK] - before_scrape == sent
 
 
 def _worker_pids(metrics_dir: Path) -> set[int]:
@@ -247,7 +232,7 @@ def _worker_pids(metrics_dir: Path) -> set[int]:
 def test_killed_worker_is_replaced_and_its_counts_survive(gateways, test_pngs):
     gw = gateways["rest"]
     _, pngs = test_pngs
-    before = _metrics(gw.url)[PREDICT_OK]
+    before = scrape(f"{gw.url}/metrics")[PREDICT_OK]
     pids = _worker_pids(gw.metrics_dir)
     victim = min(pids)
     os.kill(victim, signal.SIGKILL)
@@ -257,14 +242,16 @@ def test_killed_worker_is_replaced_and_its_counts_survive(gateways, test_pngs):
         assert time.monotonic() < deadline, sorted(_worker_pids(gw.metrics_dir))
         requests.get(f"{gw.url}/healthz", timeout=10)  # the new worker writes its gauges
         time.sleep(0.2)
-    assert _metrics(gw.url)[PREDICT_OK] == before  # the dead worker's requests still count
+    assert (
+        scrape(f"{gw.url}/metrics")[PREDICT_OK] == before
+    )  # the dead worker's requests still count
     for i in range(4):
         r = requests.post(
             f"{gw.url}/v1/predict", data=pngs[i], headers={"Content-Type": "image/png"}, timeout=30
         )
         assert r.status_code == 200, r.text
-    assert _metrics(gw.url)[PREDICT_OK] == before + 4
-    assert _metrics(gw.url)[("gateway_in_flight_requests", ())] == 1  # just the scrape
+    assert scrape(f"{gw.url}/metrics")[PREDICT_OK] == before + 4
+    assert scrape(f"{gw.url}/metrics")[("gateway_in_flight_requests", ())] == 1  # just the scrape
 
 
 def test_multiprocess_metrics_pass_promtool(gateways, test_pngs):
@@ -303,7 +290,7 @@ def test_new_version_takes_over_without_failures(gateways, test_pngs, request, k
     # A thread that raises fails the test when the block ends (Traffic re-raises).
     with Traffic(lambda: _model_version_answered(url, next(images)), threads=4) as traffic:
         traffic.wait_for(lambda out: len(out) >= 8, 30, "answers from the old version")
-        _copy_version(base, new - 1, new)
+        publish_copy(base, new - 1, new)
         # until a few answers in a row came from the new version (every worker switched)
         traffic.wait_for(
             lambda out: len(out) >= 20 and all(v == new for _, v in out[-20:]),
@@ -382,7 +369,7 @@ def test_modelserver_down_then_back(gateways, modelserver, ms_base, ms_ports, te
         while requests.post(f"{gateways['rest'].url}/v1/predict", **post).status_code != 200:
             assert time.monotonic() < deadline, "REST gateway did not serve again"
             time.sleep(0.2)
-        m = _metrics(gw.url)
+        m = scrape(f"{gw.url}/metrics")
         assert m[("gateway_backend_errors_total", (("reason", "unavailable"),))] >= 4
 
 

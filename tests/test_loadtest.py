@@ -17,14 +17,13 @@ import threading
 from pathlib import Path
 
 import pytest
-import requests
-from prometheus_client.parser import text_string_to_metric_families
 
 from loadtest.images import load_images
 from loadtest.run import SUMMARY_KEYS, LoadSpec, Unreachable, aggregate, check_reachable, run_load
 from loadtest.servers import ROOT, start_gateway, start_modelserver
 from serving.contract import MODEL_NAME
 from tests.support.cli import loadtest_main
+from tests.support.metrics import scrape
 
 MONITORING = f"--monitoring_config_file={ROOT / 'serving' / 'config' / 'monitoring.config'}"
 ARTEFACTS = (
@@ -49,15 +48,6 @@ def _cli(*args: str, timeout: float = 120) -> subprocess.CompletedProcess:
         text=True,
         timeout=timeout,
     )
-
-
-def _samples(url: str) -> dict[tuple[str, tuple], float]:
-    text = requests.get(url, timeout=10).text
-    return {
-        (s.name, tuple(sorted(s.labels.items()))): s.value
-        for fam in text_string_to_metric_families(text)
-        for s in fam.samples
-    }
 
 
 GATEWAY_PREDICT_OK = (
@@ -200,10 +190,10 @@ def gateway(modelserver):
 def test_locustfile_gateway_mix_counts_match_the_gateways(gateway, tmp_path, fashion_mnist_dir):
     """Raw PNG, multipart and JSON b64 in turn: no failure, every request the gateway answered
     is one Locust counted, every image's label compared."""
-    before = _samples(f"{gateway.url}/metrics").get(GATEWAY_PREDICT_OK, 0.0)
+    before = scrape(f"{gateway.url}/metrics").get(GATEWAY_PREDICT_OK, 0.0)
     spec = LoadSpec("gateway", gateway.url, 4, 4, "3s", tmp_path, payload="mix", images=300)
     summary = run_load(spec)
-    after = _samples(f"{gateway.url}/metrics")[GATEWAY_PREDICT_OK]
+    after = scrape(f"{gateway.url}/metrics")[GATEWAY_PREDICT_OK]
     assert summary["failures"] == 0 and summary["requests"] > 20
     assert after - before == summary["requests"]
     assert summary["images_checked"] == summary["requests"]
@@ -220,12 +210,12 @@ def test_locustfile_grpc_distributed_counts_match_the_model_servers(modelserver,
     """The gRPC user, batch 4, on a master and two workers: the workers' label checks are
     summed on the master and the model server saw exactly the requests Locust counted."""
     metrics = f"{modelserver.url}/monitoring/prometheus/metrics"
-    before = _samples(metrics).get(GRPC_PREDICTS, 0.0)
+    before = scrape(metrics).get(GRPC_PREDICTS, 0.0)
     spec = LoadSpec(
         "grpc", f"grpc://{modelserver.target}", 4, 4, "3s", tmp_path, batch_size=4, processes=2
     )
     summary = run_load(spec)
-    after = _samples(metrics)[GRPC_PREDICTS]
+    after = scrape(metrics)[GRPC_PREDICTS]
     assert summary["failures"] == 0 and summary["requests"] > 20
     assert after - before == summary["requests"]
     assert summary["images_checked"] == 4 * summary["requests"]

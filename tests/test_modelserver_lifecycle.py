@@ -18,6 +18,7 @@ import pytest
 import requests
 
 from loadtest.servers import ROOT, start_modelserver
+from loadtest.versions import publish_copy
 from serving.contract import MODEL_NAME
 from tests.support.modelserver import model_base_for_tests
 
@@ -40,13 +41,6 @@ def make_base(tmp_path: Path, model_src: Path, versions: list[int]) -> Path:
     for v in versions:
         shutil.copytree(model_src / "1", base / str(v))
     return base
-
-
-def publish(base: Path, version: int) -> None:
-    """Add a version the way training.export does: write under a temp name, then rename."""
-    tmp = base / f".tmp-{version}"
-    shutil.copytree(base / "1", tmp)
-    tmp.rename(base / str(version))
 
 
 def predict_request(images: np.ndarray, *, version: int | None = None, label: str | None = None):
@@ -116,7 +110,7 @@ def test_new_version_is_picked_up_under_load_and_removed_one_unloaded(tmp_path, 
         for t in threads:
             t.start()
         time.sleep(0.5)
-        publish(base, 2)
+        publish_copy(base, 1, 2)
         wait_for_states(server, {2: "AVAILABLE", 1: "END"})
         time.sleep(0.3)
         stop.set()
