@@ -60,6 +60,7 @@ Everything here is a pure function of its arguments; Pillow's global settings ar
 from __future__ import annotations
 
 import io
+import math
 import os
 import struct
 import sys
@@ -113,6 +114,7 @@ _TRIM_TOLERANCE = round(0.05 * 255)
 # garment's own colour does not depend on how much of the pixel it covers).
 _MATTE_MIN_CORRELATION = 0.6
 _MATTE_MIN_PIXELS = 64  # fewer partly transparent pixels than this: no evidence either way
+_MATTE_SAMPLE_PIXELS = 1 << 18
 _SHARPEN = ImageFilter.UnsharpMask(radius=1, percent=100, threshold=0)
 # JPEGs much larger than this are decoded at 1/2, 1/4 or 1/8 scale (libjpeg's DCT scaling),
 # which is far faster and still leaves > 8x the resolution the model needs.
@@ -267,8 +269,13 @@ def matted_on_white(alpha: np.ndarray, darkness: np.ndarray) -> bool:
 
     ``alpha`` and ``darkness`` (255 - luma) are same-shaped integer arrays. The evidence is a
     correlation of at least 0.6 between the two over the partly transparent pixels (at least
-    64 of them); a uniform colour or alpha gives no evidence, so it reads as un-associated.
+    64 of them; a large image is sampled on a regular grid of ~256k pixels); a uniform colour
+    or alpha gives no evidence, so it reads as un-associated.
     """
+    # A regular grid of at most ~256k pixels (views, no copies): the correlation of a large
+    # image's soft pixels needs no more, and a 40-megapixel cutout must not cost gigabytes.
+    step = max(1, math.ceil(math.sqrt(alpha.size / _MATTE_SAMPLE_PIXELS)))
+    alpha, darkness = alpha[::step, ::step], darkness[::step, ::step]
     partial = (alpha > 0) & (alpha < 255)
     if int(partial.sum()) < _MATTE_MIN_PIXELS:
         return False

@@ -513,6 +513,9 @@ def test_matte_evidence_needs_enough_partly_transparent_pixels_that_vary():
     hard = np.where(alpha > 127, 255, 0)
     hard[0, :10] = 100  # only 10 partly transparent pixels
     assert not matted_on_white(hard, hard * 200 // 255)
+    large = np.kron(alpha, np.ones((20, 20), np.int32))  # 1440 x 1920: sampled, same verdicts
+    assert matted_on_white(large, large * 200 // 255)
+    assert not matted_on_white(large, 255 - large * 200 // 255)
 
 
 def test_garment_cropped_to_the_canvas_is_still_light_on_black():
