@@ -11,7 +11,7 @@ Usage::
 A worker thread that raises stops the traffic and the exception is re-raised when the block
 ends (`Traffic.stop`); nothing dies silently. ``post_image`` opens a new connection per request,
 so the kernel spreads requests over all gunicorn workers, and records a refused or reset
-connection as an `Outcome` with ``status=None`` instead of raising.
+connection (or an answer cut off after its headers) as an `Outcome` with ``status=None`` instead of raising.
 """
 
 from __future__ import annotations
@@ -56,7 +56,8 @@ def _request(method: str, url: str, timeout: float, **kwargs: Any) -> Outcome:
     start = time.time()
     try:
         r = requests.request(method, url, timeout=timeout, **kwargs)
-    except requests.ConnectionError as exc:
+    except (requests.ConnectionError, requests.exceptions.ChunkedEncodingError) as exc:
+        # ChunkedEncodingError: the answer was cut after its headers (a worker killed mid-write)
         return Outcome(start, time.time(), None, error=f"{type(exc).__name__}: {exc}")
     end = time.time()
     try:
