@@ -7,9 +7,17 @@ backlog, so a new client is neither refused nor answered: it waits, then is rese
 worker exits. `GatewayWorker` closes its listening sockets the moment it stops accepting, so
 new connections are refused at once (clients and load balancers go elsewhere) while requests
 in flight complete. ``tests/test_faults.py`` holds this.
+
+It also starts all of its pool's threads at once: ``ThreadPoolExecutor`` starts them one at a
+time, when a request finds none idle, so a worker's thread count rose whenever its concurrency
+reached a new high. With the count fixed from the start, a rising count means a leak
+(``python -m loadtest soak`` judges exactly that).
 """
 
 from __future__ import annotations
+
+import threading
+from concurrent import futures
 
 from gunicorn.workers.gthread import ThreadWorker
 
@@ -18,6 +26,15 @@ __all__ = ["GatewayWorker"]
 
 class GatewayWorker(ThreadWorker):
     """gunicorn's ``gthread`` worker, closing its listeners when a graceful stop begins."""
+
+    def get_thread_pool(self) -> futures.ThreadPoolExecutor:
+        """gthread's pool, with every one of its ``threads`` threads already started."""
+        pool = super().get_thread_pool()
+        all_started = threading.Barrier(self.cfg.threads + 1)
+        for _ in range(self.cfg.threads):
+            pool.submit(all_started.wait)  # each waits, so the next submit starts a new thread
+        all_started.wait(timeout=30)
+        return pool
 
     def set_accept_enabled(self, enabled: bool) -> None:
         """Start/stop accepting; once the worker is stopping, also close its listening sockets."""
