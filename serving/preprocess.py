@@ -106,8 +106,6 @@ _FORMATS_TEXT = "PNG, JPEG, WebP, GIF, BMP"
 
 # Trim tolerance: the README's "5% of the maximum possible intensity".
 _TRIM_TOLERANCE = round(0.05 * 255)
-# Sharpening after the resize (README: "Gaussian operator of the radius and standard deviation
-# of 1.0"); built once.
 # A cutout whose colour was matted against white (an editor's "matte: white" export, or a photo
 # masked as it is): its colours fade to white as alpha falls, so over the partly transparent
 # pixels darkness and alpha correlate strongly. In un-associated colour they are unrelated (a
@@ -115,6 +113,8 @@ _TRIM_TOLERANCE = round(0.05 * 255)
 _MATTE_MIN_CORRELATION = 0.6
 _MATTE_MIN_PIXELS = 64  # fewer partly transparent pixels than this: no evidence either way
 _MATTE_SAMPLE_PIXELS = 1 << 18
+# Sharpening after the resize (README: "Gaussian operator of the radius and standard deviation
+# of 1.0"); built once.
 _SHARPEN = ImageFilter.UnsharpMask(radius=1, percent=100, threshold=0)
 # JPEGs much larger than this are decoded at 1/2, 1/4 or 1/8 scale (libjpeg's DCT scaling),
 # which is far faster and still leaves > 8x the resolution the model needs.

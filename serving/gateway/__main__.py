@@ -52,16 +52,17 @@ class GatewayApplication(BaseApplication):
 
     def load_config(self) -> None:
         conf = importlib.import_module("serving.gateway.gunicorn_conf")
-        for key, value in vars(conf).items():
-            if key in self.cfg.settings and value is not None:
-                self.cfg.set(key, value)
+        self._apply(vars(conf))
         # As gunicorn's own command does: GUNICORN_CMD_ARGS overrides the config file.
         env_args = self.cfg.get_cmd_args_from_env()
         if env_args:
-            parsed = self.cfg.parser().parse_args(env_args)
-            for key, value in vars(parsed).items():
-                if key in self.cfg.settings and value is not None:
-                    self.cfg.set(key, value)
+            self._apply(vars(self.cfg.parser().parse_args(env_args)))
+
+    def _apply(self, settings: dict[str, Any]) -> None:
+        """Set every gunicorn setting named in ``settings`` that has a value."""
+        for key, value in settings.items():
+            if key in self.cfg.settings and value is not None:
+                self.cfg.set(key, value)
 
     def load(self) -> Any:
         # Imported in the worker, after gunicorn_conf has set up prometheus-client's

@@ -11,7 +11,8 @@ Usage::
 A worker thread that raises stops the traffic and the exception is re-raised when the block
 ends (`Traffic.stop`); nothing dies silently. ``post_image`` opens a new connection per request,
 so the kernel spreads requests over all gunicorn workers, and records a refused or reset
-connection (or an answer cut off after its headers) as an `Outcome` with ``status=None`` instead of raising.
+connection, or an answer cut off after its headers, as an `Outcome` with ``status=None``
+instead of raising.
 """
 
 from __future__ import annotations
