@@ -11,8 +11,10 @@ server) and the size and file count of the gateway's prometheus multiprocess dir
 removes the oldest every so many seconds.
 
 Growth is judged after ``warmup``, on two windows of 10% of the measured time (at least 3
-samples): the first after warm-up (the baseline) and the last (the end). RSS: the end's median
-against the baseline's. Open fds and threads: the end's median against the highest count seen
+samples, and at least one version-swap interval): the first after warm-up (the baseline) and the
+last (the end). RSS: the end's floor (its lowest sample) against the baseline's, so the brief
+peak of loading a new version next to the old one is not growth, while a leak raises the floor
+between swaps as well. Open fds and threads: the end's median against the highest count seen
 in the first half of the measured time, so a pool that fills up to its bound early on (a
 gthread or gRPC pool grows one thread at a time, on demand) is not growth, but a count that
 keeps rising (one more per request or version swap) ends above everything in the first half.
@@ -196,7 +198,7 @@ def _report(
     swapper: VersionSwapper | None,
 ) -> SoakResult:
     warmup_s = parse_duration(s.warmup)
-    growth = resource_growth(samples, warmup_s)
+    growth = resource_growth(samples, warmup_s, s.swap_every_s)
     crossed = list(load["thresholds_crossed"])
     if load["failures"]:
         crossed.append(f"{load['failures']} of {load['requests']} requests failed")
@@ -226,10 +228,11 @@ def _report(
 
 
 def _windows(
-    samples: list[dict[str, Any]], warmup_s: float
+    samples: list[dict[str, Any]], warmup_s: float, min_span_s: float
 ) -> tuple[list[dict[str, Any]], list[dict[str, Any]], list[dict[str, Any]]]:
-    """The baseline (first after warm-up) and end (last) sample windows, and the first half
-    of the samples after warm-up."""
+    """The baseline (first after warm-up) and end (last) sample windows, each spanning at
+    least ``min_span_s`` when half the measured samples allow it, and the first half of the
+    samples after warm-up."""
     measured = [x for x in samples if x["t"] >= warmup_s]
     if len(measured) < 2 * MIN_WINDOW_SAMPLES:
         raise ValueError(
@@ -237,12 +240,17 @@ def _windows(
             "the warm-up by a few sample intervals"
         )
     n = max(MIN_WINDOW_SAMPLES, int(len(measured) * WINDOW_FRACTION))
+    while n < len(measured) // 2 and measured[n - 1]["t"] - measured[0]["t"] < min_span_s:
+        n += 1
     return measured[:n], measured[-n:], measured[: len(measured) // 2]
 
 
-def resource_growth(samples: list[dict[str, Any]], warmup_s: float) -> dict[str, Any]:
-    """Per process and directory: the baseline and end values and their growth."""
-    first, last, first_half = _windows(samples, warmup_s)
+def resource_growth(
+    samples: list[dict[str, Any]], warmup_s: float, min_window_s: float = 0.0
+) -> dict[str, Any]:
+    """Per process and directory: the baseline and end values and their growth; each window
+    spans at least ``min_window_s`` (the version-swap interval) where the samples allow."""
+    first, last, first_half = _windows(samples, warmup_s, min_window_s)
     keys_first = {k for x in first for k in x["processes"]}
     keys_last = {k for x in last for k in x["processes"]}
     processes: dict[str, Any] = {}
@@ -251,11 +259,16 @@ def resource_growth(samples: list[dict[str, Any]], warmup_s: float) -> dict[str,
         for metric in ("rss_bytes", "fds", "threads"):
             before = [x["processes"][key][metric] for x in first if key in x["processes"]]
             after = [x["processes"][key][metric] for x in last if key in x["processes"]]
-            row[metric] = {"baseline": statistics.median(before), "end": statistics.median(after)}
-            if metric != "rss_bytes":  # counts: against the first half's highest value
-                row[metric]["max_first_half"] = max(
+            if metric == "rss_bytes":  # the floor of each window
+                row[metric] = {"baseline": min(before), "end": min(after)}
+                continue
+            row[metric] = {  # counts: the end's median against the first half's highest
+                "baseline": statistics.median(before),
+                "end": statistics.median(after),
+                "max_first_half": max(
                     x["processes"][key][metric] for x in first_half if key in x["processes"]
-                )
+                ),
+            }
         rss = row["rss_bytes"]
         rss["growth"] = round(rss["end"] / rss["baseline"] - 1, 4) if rss["baseline"] else None
         processes[key] = row

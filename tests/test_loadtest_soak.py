@@ -34,7 +34,7 @@ def _samples(n: int, rss=lambda i: 100, fds=lambda i: 10, threads=lambda i: 4, f
 
 def _crossed(samples, warmup_s: float = 10.0, **thresholds) -> list[str]:
     settings = SoakSettings(model_dir=Path("."), out=Path("."), **thresholds)
-    return growth_crossed(resource_growth(samples, warmup_s), settings)
+    return growth_crossed(resource_growth(samples, warmup_s, settings.swap_every_s), settings)
 
 
 def test_flat_resources_pass_and_warmup_growth_is_ignored():
@@ -47,6 +47,26 @@ def test_rss_growth_beyond_the_limit_after_warmup_fails():
     (message,) = _crossed(grows)
     assert message.startswith("gateway: RSS grew 4") and message.endswith("> 10%")
     assert _crossed(grows, max_rss_growth=0.5) == []
+
+
+def _loading_peaks(i: int) -> int:
+    """+8 for two seconds of every five: a new version loaded next to the old one."""
+    return 8 if i % 5 in (3, 4) else 0
+
+
+def test_rss_is_judged_by_its_floor_between_version_swaps():
+    # The last four samples hold a loading peak (median +4%): not growth, the floor is flat.
+    peaks = _samples(60, rss=lambda i: 100 + _loading_peaks(i))
+    assert _crossed(peaks, warmup_s=20, max_rss_growth=0.03, swap_every_s=5) == []
+    growth = resource_growth(peaks, 20, min_window_s=5)
+    assert growth["window_samples"] == 6  # 10% of 40 samples would be 4, shorter than a swap
+    assert growth["processes"]["gateway"]["rss_bytes"] == {
+        "baseline": 100, "end": 100, "growth": 0.0
+    }  # fmt: skip
+    # A floor that rises between the same peaks is a leak: 104 -> 111.
+    leak = _samples(60, rss=lambda i: 100 + i // 5 + _loading_peaks(i))
+    (message,) = _crossed(leak, warmup_s=20, max_rss_growth=0.03, swap_every_s=5)
+    assert message == "gateway: RSS grew 6.7% (0 -> 0 MiB) > 3%"
 
 
 def test_fds_or_threads_that_keep_rising_fail_unless_allowed():
