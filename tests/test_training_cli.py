@@ -274,7 +274,7 @@ def test_train_cli_exports_next_version_and_refuses_existing(
     shutil.copytree(exported_model, base)
     common = ["--data-dir", str(fashion_mnist_dir), "--export-dir", str(base), "--recipe", "lesson",
               "--epochs", "1", "--max-train-samples", "600", "--seed", "5", "--no-progress",
-              "--erase", "0.25", "--weight-decay", "0.01"]  # fmt: skip
+              "--erase", "0.25", "--weight-decay", "0.01", "--test-time-flip"]  # fmt: skip
     assert main(["train", *common, "--no-plots"]) == 0
     out = capsys.readouterr().out
     assert f"exported to {base / '2'}" in out
@@ -287,6 +287,7 @@ def test_train_cli_exports_next_version_and_refuses_existing(
     assert recipe["epochs"] == 1
     assert (recipe["seed"], recipe["max_train_samples"]) == (5, 600)
     assert (recipe["erase"], recipe["weight_decay"]) == (0.25, 0.01)
+    assert recipe["test_time_flip"] is True
     assert not (base / "2" / "confusion_matrix.png").exists()
 
     assert main(["train", *common, "--version", "1"]) == 1

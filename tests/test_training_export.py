@@ -230,3 +230,28 @@ def test_next_version_follows_list_versions_and_skips_taken_names(tmp_path: Path
     (tmp_path / "11").mkdir()  # an empty integer folder left by hand is not overwritten
     (tmp_path / "12").write_text("a file, not a version")
     assert next_version(tmp_path) == 13
+
+
+def test_test_time_flip_exports_the_mean_of_each_image_and_its_mirror(
+    tmp_path: Path, small_model
+) -> None:
+    import tensorflow as tf
+
+    from training.evaluate import load_serving_fn
+    from training.export import export_model
+
+    rng = np.random.default_rng(0)
+    images = rng.random((5, 28, 28, 1), dtype=np.float32)
+    images[:, :, :14] = 0.0  # left half dark: an image and its mirror are told apart
+    plain = small_model.predict(images, verbose=0)
+    mirrored = small_model.predict(images[:, :, ::-1], verbose=0)
+    assert np.abs(plain - mirrored).max() > 1e-3  # the untrained model is not symmetric
+
+    _, fn = load_serving_fn(export_model(small_model, tmp_path, 1, test_time_flip=True))
+    out = fn(images=tf.constant(images))
+    np.testing.assert_allclose(out["probabilities"].numpy(), (plain + mirrored) / 2, atol=1e-6)
+    np.testing.assert_array_equal(out["class_ids"].numpy(), ((plain + mirrored) / 2).argmax(axis=1))
+    assert fn(images=tf.zeros([0, 28, 28, 1]))["probabilities"].shape == (0, 10)
+    # without the option: the model's own probabilities
+    _, fn = load_serving_fn(export_model(small_model, tmp_path, 2))
+    np.testing.assert_allclose(fn(images=tf.constant(images))["probabilities"], plain, atol=1e-6)

@@ -105,6 +105,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--erase", type=RATIO,
         help="random-erasing probability per training image (0 = off)",
     )  # fmt: skip
+    t.add_argument(
+        "--test-time-flip", action=argparse.BooleanOptionalAction,
+        help="export a signature that averages each image with its mirror image "
+        "(twice the model's work per image)",
+    )  # fmt: skip
     t.add_argument("--seed", type=NON_NEGATIVE_INT, help="random seed (same seed, same model)")
     t.add_argument("--max-train-samples", type=POSITIVE_INT, help="train on a random subset")
     t.add_argument(
@@ -226,6 +231,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         learning_rate=args.learning_rate,
         weight_decay=args.weight_decay,
         erase=args.erase,
+        test_time_flip=args.test_time_flip,
         seed=args.seed,
         max_train_samples=args.max_train_samples,
         validation_fraction=args.validation_fraction,

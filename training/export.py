@@ -92,11 +92,22 @@ def write_warmup_records(
     return count
 
 
-def _write_savedmodel(model: keras.Model, path: Path) -> None:
+def _flip_averaged(model: keras.Model, images: tf.Tensor) -> tf.Tensor:
+    """The mean of the model's probabilities for each image and its mirror image, in one call
+    on the doubled batch (the training recipes flip at random, so both views are in-domain)."""
+    n = tf.shape(images)[0]
+    both = model(tf.concat([images, tf.reverse(images, axis=[2])], axis=0), training=False)
+    return (both[:n] + both[n:]) / 2.0
+
+
+def _write_savedmodel(model: keras.Model, path: Path, *, test_time_flip: bool) -> None:
     class_names = tf.constant(CLASS_NAMES)
 
     def serve(images: tf.Tensor) -> dict[str, tf.Tensor]:
-        probabilities = tf.cast(model(images, training=False), tf.float32)
+        if test_time_flip:
+            probabilities = tf.cast(_flip_averaged(model, images), tf.float32)
+        else:
+            probabilities = tf.cast(model(images, training=False), tf.float32)
         class_ids = tf.argmax(probabilities, axis=-1, output_type=tf.int64)
         return {
             OUTPUT_PROBABILITIES: probabilities,
@@ -124,6 +135,7 @@ def export_model(
     warmup_images: np.ndarray | None = None,
     overwrite: bool = False,
     extras: Callable[[Path, int], None] | None = None,
+    test_time_flip: bool = False,
 ) -> Path:
     """Export ``model`` to ``<export_dir>/<version>/`` atomically and return that path.
 
@@ -131,7 +143,8 @@ def export_model(
     evaluation report) go into a temporary folder ``.tmp-<version>-<pid>`` that is renamed
     into place, so a server polling ``export_dir`` never sees half a model. ``version=None``
     picks :func:`next_version`. An existing version raises :class:`ExportError` unless
-    ``overwrite`` is true.
+    ``overwrite`` is true. With ``test_time_flip`` the signature returns the mean of the
+    probabilities of each image and its horizontal mirror (twice the model's work per image).
     """
     base = Path(export_dir)
     if version is None:
@@ -149,7 +162,7 @@ def export_model(
     if tmp.exists():
         shutil.rmtree(tmp)
     try:
-        _write_savedmodel(model, tmp)
+        _write_savedmodel(model, tmp, test_time_flip=test_time_flip)
         write_warmup_records(
             tmp / WARMUP_FILE, _default_warmup_images() if warmup_images is None else warmup_images
         )

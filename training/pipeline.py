@@ -73,7 +73,7 @@ def run_training(
 
     result.export_path = export_model(
         result.model, export_dir, version, warmup_images=warmup, overwrite=overwrite,
-        extras=write_report,
+        extras=write_report, test_time_flip=recipe.test_time_flip,
     )  # fmt: skip
     log.info(
         "test accuracy %.4f, exported to %s", result.metrics["test_accuracy"], result.export_path

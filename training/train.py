@@ -50,6 +50,7 @@ class Recipe:
     flip: bool = True  # random horizontal flips
     shift: int = 1  # random integer shifts of up to this many pixels
     erase: float = 0.0  # probability of random erasing (one rectangle of noise per image)
+    test_time_flip: bool = False  # the export averages each image with its mirror image
     validation_fraction: float = 0.1  # 0 = no validation split (the lesson's recipe)
     patience: int = 5  # early stopping on validation accuracy; 0 disables it
     max_train_samples: int | None = None
