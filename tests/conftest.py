@@ -73,3 +73,21 @@ def exported_model(tmp_path_factory: pytest.TempPathFactory, dataset) -> Path:
     )
     run_training(dataset, recipe, export_dir=base, version=1, progress=False, plots=True)
     return base
+
+
+@pytest.fixture(scope="module")
+def grpc_server():
+    """The in-test gRPC TF Serving (tests/support/fake_tfserving.py): (servicer, target)."""
+    from tests.support.fake_tfserving import fake_grpc_server  # gRPC only where it is used
+
+    with fake_grpc_server() as server:
+        yield server
+
+
+@pytest.fixture
+def fake(grpc_server):
+    """`grpc_server` with its script reset: no failures, no delay, no requests recorded."""
+    servicer, target = grpc_server
+    servicer.fail, servicer.delay, servicer.requests = [], 0.0, []
+    servicer.use_float_val, servicer.next_details = False, None
+    return servicer, target

@@ -36,7 +36,7 @@ from serving.backends.address import Address
 from serving.backends.embedded import EmbeddedBackend
 from serving.backends.grpc import GrpcBackend
 from serving.backends.rest import RestBackend
-from tests.support.fake_tfserving import fake_grpc_server, fake_probabilities, fake_rest_server, pb
+from tests.support.fake_tfserving import fake_probabilities, fake_rest_server, pb
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -44,20 +44,6 @@ ROOT = Path(__file__).resolve().parents[1]
 def batch_of(n: int) -> np.ndarray:
     rng = np.random.default_rng(n)
     return rng.integers(0, 256, size=(n, 28, 28, 1)).astype(np.float32) / 255
-
-
-@pytest.fixture(scope="module")
-def grpc_server():
-    with fake_grpc_server() as server:
-        yield server
-
-
-@pytest.fixture
-def fake(grpc_server):
-    servicer, target = grpc_server
-    servicer.fail, servicer.delay, servicer.requests = [], 0.0, []
-    servicer.use_float_val, servicer.next_details = False, None
-    return servicer, target
 
 
 @pytest.mark.parametrize("use_float_val", [False, True])

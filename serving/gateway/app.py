@@ -21,6 +21,7 @@ from typing import Any
 from flask import Flask
 
 from serving.backends import Backend, connect
+from serving.backends.merging import MergingBackend
 from serving.gateway import auth, errors, tracking
 from serving.gateway.api_keys import load_api_keys
 from serving.gateway.body_limit import BodyLimit
@@ -42,9 +43,10 @@ def _resolve_config(config: GatewayConfig | Mapping[str, Any] | None) -> Gateway
 
 
 def connect_backend(cfg: GatewayConfig) -> Backend:
-    """The backend ``cfg.backend`` names, through `serving.backends.connect`."""
+    """The backend ``cfg.backend`` names, through `serving.backends.connect`; a remote one
+    with its concurrent requests merged into one RPC unless ``cfg.remote_batching`` is off."""
     log.info("backend: %s (%s)", cfg.backend_kind, cfg.backend_target)
-    return connect(
+    backend = connect(
         cfg.backend,
         model_name=cfg.model_name,
         version=cfg.model_version,
@@ -52,6 +54,11 @@ def connect_backend(cfg: GatewayConfig) -> Backend:
         timeout=cfg.timeout_seconds,
         retries=cfg.retries,
         **cfg.embedded_options(),
+    )
+    if cfg.backend_kind == "embedded" or not cfg.remote_batching:
+        return backend
+    return MergingBackend(
+        backend, batch_max_size=cfg.batch_max_size, batch_timeout_ms=cfg.batch_timeout_ms
     )
 
 

@@ -81,9 +81,12 @@ class GatewayConfig:
     keepalive_seconds: int = 5
     access_log: bool = False
     log_level: str = "INFO"
-    # Embedded backend: micro-batching and polling of the model directory for new versions.
+    # Micro-batching: the embedded backend's model calls and, with remote_batching, the
+    # requests merged into one RPC to a remote backend (serving/backends/merging.py).
     batch_max_size: int = 64
     batch_timeout_ms: float = 2.0
+    remote_batching: bool = True
+    # Embedded backend: polling of the model directory for new versions.
     model_poll_seconds: float = 2.0
     # TensorFlow thread pools of each worker (0 = TensorFlow's default, one per core). With
     # several gunicorn workers on few cores, 1 avoids oversubscription and spinning threads.
