@@ -302,7 +302,9 @@ def test_new_version_takes_over_without_failures(gateways, test_pngs, request, k
     assert codes == {200}, f"failed requests during the swap: {sorted(codes)}"
     versions = [v for _, v in results]
     assert versions[0] == new - 1
-    assert versions[-20:] == [new] * 20
+    # The 20 in a row were checked above; answers after them can still come from the old
+    # version (a request in flight at a worker that was loading the new one), so no tail check.
+    assert set(versions) == {new - 1, new}
     models = requests.get(f"{url}/v1/models", timeout=10).json()
     assert {"version": new, "state": "AVAILABLE", "error": ""} in models["versions"]
 
