@@ -7,6 +7,8 @@
 - ``exported_model``: Path of a base dir ``.../fashion_mnist`` holding version ``1`` of a model
   trained quickly (3000 images, 1 epoch, seed 0; about 75% test accuracy) with its
   ``metrics.json``, exported once per session. Treat it as read-only: copy it to add versions.
+- ``grpc_server`` / ``fake`` and ``rest_server`` / ``rest``: the in-test TF Serving over gRPC
+  and REST (tests/support/fake_tfserving.py), one server per module, its script reset per test.
 """
 
 from __future__ import annotations
@@ -91,3 +93,21 @@ def fake(grpc_server):
     servicer.fail, servicer.delay, servicer.requests = [], 0.0, []
     servicer.use_float_val, servicer.next_details = False, None
     return servicer, target
+
+
+@pytest.fixture(scope="module")
+def rest_server():
+    """The in-test REST TF Serving (tests/support/fake_tfserving.py): (state, base URL)."""
+    from tests.support.fake_tfserving import fake_rest_server
+
+    with fake_rest_server() as server:
+        yield server
+
+
+@pytest.fixture
+def rest(rest_server):
+    """`rest_server` with its script reset: no scripted answers, no delay, no calls recorded."""
+    state, url = rest_server
+    state.script, state.delay, state.calls, state.row_format = [], 0.0, [], False
+    state.versions = [(1, "AVAILABLE"), (2, "AVAILABLE"), (3, "LOADING")]
+    return state, url

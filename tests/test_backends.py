@@ -36,7 +36,7 @@ from serving.backends.address import Address
 from serving.backends.embedded import EmbeddedBackend
 from serving.backends.grpc import GrpcBackend
 from serving.backends.rest import RestBackend
-from tests.support.fake_tfserving import fake_probabilities, fake_rest_server, pb
+from tests.support.fake_tfserving import fake_probabilities, pb
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -240,20 +240,6 @@ def test_tensorflow_still_imports_after_the_protos(tmp_path):
 
 
 # --- REST ---------------------------------------------------------------------------------
-
-
-@pytest.fixture(scope="module")
-def rest_server():
-    with fake_rest_server() as server:
-        yield server
-
-
-@pytest.fixture
-def rest(rest_server):
-    state, url = rest_server
-    state.script, state.delay, state.calls, state.row_format = [], 0.0, [], False
-    state.versions = [(1, "AVAILABLE"), (2, "AVAILABLE"), (3, "LOADING")]
-    return state, url
 
 
 @pytest.mark.parametrize("row_format", [False, True])

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from serving.batching import Batcher, BatcherClosed, BatchingError, QueueFullError
+from tests.support.concurrency import call_concurrently
 
 
 class Recorder:
@@ -36,17 +37,7 @@ class Recorder:
 
 def submit_concurrently(batcher: Batcher, arrays: list[np.ndarray]) -> list[object]:
     """Submit all arrays at (nearly) the same time; return result or exception per array."""
-    barrier = threading.Barrier(len(arrays))
-
-    def call(a: np.ndarray) -> object:
-        barrier.wait()
-        try:
-            return batcher.submit(a)
-        except Exception as exc:  # collected for the assertions
-            return exc
-
-    with ThreadPoolExecutor(len(arrays)) as pool:
-        return list(pool.map(call, arrays))
+    return call_concurrently(batcher.submit, arrays)
 
 
 def test_single_request_round_trip():

@@ -11,7 +11,9 @@ Example::
 - `Backend`, `PredictResult`, `VersionStatus` (`serving.backends.types`): the interface;
 - `BackendError` and subclasses (`serving.backends.errors`): every failure;
 - `connect(address, ...)`: `GrpcBackend` (`.grpc`), `RestBackend` (`.rest`) or
-  `EmbeddedBackend` (`.embedded`, the only one that runs TensorFlow).
+  `EmbeddedBackend` (`.embedded`, the only one that runs TensorFlow);
+- `MergingBackend` (`.merging`): any backend with concurrent calls merged into one (the
+  gateway wraps remote backends in it).
 
 Importing this package (or its ``types``/``errors``/``address`` modules) stays light: ``connect``
 is loaded on first use, because `serving.savedmodel` imports the types (an eager import of the

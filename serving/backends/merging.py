@@ -11,7 +11,12 @@ batching still merges those calls across gateway workers.
   Serving splits large batches itself), so one version answers all of its rows.
 - A failure of a merged call reaches every caller whose rows were in it, as the same
   `serving.backends.errors.BackendError` the wrapped backend raised.
-- ``status`` and ``close`` are the wrapped backend's; ``close`` first lets queued calls finish.
+- Two merged calls can be in flight at once (``num_batch_threads``), so a slow call does not
+  hold every other request of the worker behind it.
+- A caller waits at most ``timeout``; its rows may still go out after it gave up (the merged
+  call has its own deadline, the wrapped backend's).
+- ``status`` and ``close`` are the wrapped backend's; ``close`` first lets queued calls finish
+  (for up to ``timeout``).
 
 Example::
 
@@ -47,6 +52,7 @@ class MergingBackend(ClosesOnExit):
         batch_max_size: int = 64,
         batch_timeout_ms: float = 2.0,
         timeout: float | None = None,
+        num_batch_threads: int = 2,
     ) -> None:
         self.inner = inner
         inner_timeout = float(getattr(inner, "timeout", 5.0))
@@ -55,6 +61,7 @@ class MergingBackend(ClosesOnExit):
             self._run_batch,
             max_batch_size=batch_max_size,
             batch_timeout_s=batch_timeout_ms / 1000.0,
+            num_batch_threads=num_batch_threads,
             name="merging-backend",
         )
 
@@ -85,6 +92,6 @@ class MergingBackend(ClosesOnExit):
         return self.inner.status()
 
     def close(self) -> None:
-        """Run what is queued, then close the wrapped backend."""
-        self.batcher.close()
+        """Run what is queued (waiting up to ``timeout``), then close the wrapped backend."""
+        self.batcher.close(timeout=self.timeout)
         self.inner.close()

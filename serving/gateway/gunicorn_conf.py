@@ -7,8 +7,8 @@ Used by ``python -m serving.gateway`` and usable directly::
 Choices that are not obvious:
 
 - ``gthread`` workers: the views block on the backend (gRPC/REST call or the embedded
-  micro-batcher), so several threads per worker keep the CPU busy and, in embedded mode, give
-  the batcher concurrent requests to merge. The class is
+  micro-batcher), so several threads per worker keep the CPU busy and give the batcher
+  concurrent requests to merge (into one model call, or into one RPC to a remote backend). The class is
   `serving.gateway.slow_clients.RequestBufferingWorker`: gthread whose pool threads serve a
   request only once it is read in full (slow clients cannot hold the threads), and which closes
   its listening sockets as soon as a graceful stop begins (`serving.gateway.worker`).
