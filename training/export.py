@@ -104,10 +104,8 @@ def _write_savedmodel(model: keras.Model, path: Path, *, test_time_flip: bool) -
     class_names = tf.constant(CLASS_NAMES)
 
     def serve(images: tf.Tensor) -> dict[str, tf.Tensor]:
-        if test_time_flip:
-            probabilities = tf.cast(_flip_averaged(model, images), tf.float32)
-        else:
-            probabilities = tf.cast(model(images, training=False), tf.float32)
+        raw = _flip_averaged(model, images) if test_time_flip else model(images, training=False)
+        probabilities = tf.cast(raw, tf.float32)
         class_ids = tf.argmax(probabilities, axis=-1, output_type=tf.int64)
         return {
             OUTPUT_PROBABILITIES: probabilities,
