@@ -42,7 +42,7 @@ run: quick-model ## set up, train a quick model if none exists, serve the gatewa
 	@echo "  curl -s -X POST --data-binary @tests/support/images/ankle_boot.png -H 'Content-Type: image/png' http://localhost:$(GATEWAY_PORT)/v1/predict"
 	GATEWAY_BACKEND=$${GATEWAY_BACKEND:-embedded:$(MODEL_DIR)} GATEWAY_PORT=$(GATEWAY_PORT) $(PY) -m serving.gateway
 
-train: $(STAMP) ## train the full recipe (~10.5 min on 2 cores, 93.2%) and export the next version to models/fashion_mnist
+train: $(STAMP) ## train the full recipe (~6-7.5 min on 2 cores, 93.0%) and export the next version to models/fashion_mnist
 	$(PY) -m training train --export-dir $(MODEL_DIR)
 
 train-quick: $(STAMP) ## train the quick recipe (about 1.5 min, ~88%) and export the next version

@@ -46,6 +46,30 @@ def assert_clean_failure(proc: subprocess.CompletedProcess[str], code: int, expe
     return lines[0]
 
 
+# ---- TensorFlow's kernels ----
+
+_ONEDNN_PROBE = (
+    "import runpy; runpy.run_module('training', run_name='probe'); "
+    "from tensorflow.python.framework import test_util; print(test_util.IsMklEnabled())"
+)
+
+
+@pytest.mark.parametrize(("setting", "enabled"), [(None, "True"), ("0", "False"), ("1", "True")])
+def test_the_cli_runs_on_onednn_unless_turned_off(setting: str | None, enabled: str) -> None:
+    """`python -m training` turns oneDNN on (a quarter less CPU per epoch here) before
+    TensorFlow loads; TF_ENABLE_ONEDNN_OPTS in the environment decides when it is set."""
+    env = {k: v for k, v in os.environ.items() if k != "TF_ENABLE_ONEDNN_OPTS"}
+    env["TF_CPP_MIN_LOG_LEVEL"] = "2"
+    if setting is not None:
+        env["TF_ENABLE_ONEDNN_OPTS"] = setting
+    proc = subprocess.run(
+        [sys.executable, "-c", _ONEDNN_PROBE],
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip().splitlines()[-1] == enabled
+
+
 # ---- error paths, as subprocesses (none of these needs TensorFlow) ----
 
 

@@ -93,7 +93,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_data_dir(t)
     t.add_argument(
         "--recipe", choices=("full", "quick", "lesson"), default="full",
-        help="base recipe: full (default, 93.2%% test accuracy in ~10.5 min on 2 cores), "
+        help="base recipe: full (default, 93.0%% test accuracy in ~6-7.5 min on 2 cores), "
         "quick (about a minute), lesson (the lesson's Adam, batch 32, 5 epochs); flags below "
         "override it",
     )  # fmt: skip

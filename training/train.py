@@ -63,8 +63,8 @@ class Recipe:
 
 RECIPES: dict[str, Recipe] = {
     # The default, chosen on the validation split: 18 epochs and test-time flips (val 0.934;
-    # 12 epochs without flips: 0.927). Measured: 93.22% test accuracy in 10.5 min on 2 CPU
-    # cores (docs/BENCHMARKS.md, "Training").
+    # 12 epochs without flips: 0.927). Measured: 93.04% test accuracy in 6-7.5 min on 2 CPU
+    # cores with oneDNN (docs/BENCHMARKS.md, "Training").
     "full": Recipe(),
     # About a minute and a half: a usable model (88.2%) for demos and `make run`.
     "quick": Recipe(
