@@ -45,7 +45,7 @@ run: quick-model ## set up, train a quick model if none exists, serve the gatewa
 train: $(STAMP) ## train the full recipe (~6-7.5 min on 2 cores, 93.0%) and export the next version to models/fashion_mnist
 	$(PY) -m training train --export-dir $(MODEL_DIR)
 
-train-quick: $(STAMP) ## train the quick recipe (about 1.5 min, ~88%) and export the next version
+train-quick: $(STAMP) ## train the quick recipe (under a minute, ~88%) and export the next version
 	$(PY) -m training train --quick --export-dir $(MODEL_DIR)
 
 evaluate: $(STAMP) ## evaluate the newest exported version on the test set

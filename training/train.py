@@ -66,7 +66,7 @@ RECIPES: dict[str, Recipe] = {
     # 12 epochs without flips: 0.927). Measured: 93.04% test accuracy in 6-7.5 min on 2 CPU
     # cores with oneDNN (docs/BENCHMARKS.md, "Training").
     "full": Recipe(),
-    # About a minute and a half: a usable model (88.2%) for demos and `make run`.
+    # Under a minute: a usable model (88.4%) for demos and `make run`.
     "quick": Recipe(
         epochs=2,
         batch_size=128,
