@@ -31,6 +31,7 @@ from typing import Any
 from matplotlib.figure import Figure
 
 from loadtest.images import load_images
+from loadtest.procstats import CpuMeter
 from loadtest.registry import Configuration, Context, Entry, Measurement
 from loadtest.run import MEASUREMENT_KEYS, LoadSpec, LoadTestError, run_load
 from loadtest.servers import ROOT, StartError, start_gateway, start_modelserver
@@ -41,7 +42,11 @@ PLUGINS = ("loadtest.peers", "loadtest.floors", "loadtest.model_limit")
 BATCHING_CONFIG = ROOT / "serving" / "config" / "batching.config"
 # GATEWAY_* settings of the caller's environment that compare must not pass on: it sets them
 GATEWAY_OWN = ("GATEWAY_BACKEND", "GATEWAY_HOST", "GATEWAY_PORT")
-ROW_KEYS = (*MEASUREMENT_KEYS, "images_checked")
+#: CPU per request of a Locust row: the servers' processes (every one alive during the row, a
+#: model server shared with other rows included) and Locust's. Unlike requests/s, these do not
+#: move when a shared machine lends the benchmark more or fewer cores.
+CPU_KEYS = ("server_cpu_ms_per_request", "locust_cpu_ms_per_request")
+ROW_KEYS = (*MEASUREMENT_KEYS, "images_checked", *CPU_KEYS)
 
 
 # -- the project's own configurations -----------------------------------------------------------
@@ -199,13 +204,18 @@ def _load_row(entry: Configuration, ctx: Context, settings: Settings) -> dict[st
                 processes=settings.processes,
                 extra_args=entry.locust_args,
             )
-            summary = run_load(spec)
+            with CpuMeter() as cpu:
+                summary = run_load(spec)
     except (StartError, LoadTestError, ValueError) as exc:
         out.mkdir(parents=True, exist_ok=True)
         (out / "error.log").write_text(str(exc))
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         return _row(entry, "error", reason=f"{first} (details: {out / 'error.log'})")
     values = {k: summary.get(k) for k in ROW_KEYS}
+    requests = summary.get("requests") or 0
+    if requests:
+        values["server_cpu_ms_per_request"] = round(1000 * cpu.servers_s / requests, 3)
+        values["locust_cpu_ms_per_request"] = round(1000 * cpu.reaped_s / requests, 3)
     if not entry.count_labels:
         values["wrong_labels"] = values["images_checked"] = None
     return _row(entry, "ok", out=str(out), **values)
@@ -254,11 +264,12 @@ def markdown_table(rows: Sequence[dict[str, Any]]) -> str:
     """The rows as a markdown table (skipped and failed rows say why)."""
     head = (
         "| configuration | target | batch | req/s | images/s | p50 ms | p95 ms | p99 ms "
-        "| requests | failures | wrong labels | status |"
+        "| requests | failures | wrong labels | server CPU ms/req | Locust CPU ms/req | status |"
     )
     lines = [
         head,
-        "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |",
+        "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: "
+        "| --- |",
     ]
     for r in rows:
         wrong = r["wrong_labels"]
@@ -272,7 +283,9 @@ def markdown_table(rows: Sequence[dict[str, Any]]) -> str:
             f"| {r['name']} | {r['target'] or '—'} | {_fmt(r['batch_size'])} "
             f"| {_fmt(r['requests_per_second'])} | {_fmt(r['images_per_second'])} "
             f"| {_fmt(r['p50_ms'], 1)} | {_fmt(r['p95_ms'], 1)} | {_fmt(r['p99_ms'], 1)} "
-            f"| {_fmt(r['requests'])} | {_fmt(r['failures'])} | {wrong_text} | {status} |"
+            f"| {_fmt(r['requests'])} | {_fmt(r['failures'])} | {wrong_text} "
+            f"| {_fmt(r['server_cpu_ms_per_request'], 2)} "
+            f"| {_fmt(r['locust_cpu_ms_per_request'], 2)} | {status} |"
         )
     return "\n".join(lines)
 

@@ -10,6 +10,14 @@ count of named directories (the gateway's prometheus multiprocess dir)::
     sampler.samples                           # [{"t": 0.0, "processes": {...}, "dirs": {...}}]
 
 Processes are keyed ``<role>`` for the main process and ``<role>/<pid>`` for descendants.
+
+`CpuMeter` splits the CPU time of a window between this process's live descendants (the
+servers a benchmark started) and its children that exited and were reaped in the window (a
+Locust run)::
+
+    with CpuMeter() as cpu:
+        run_load(spec)                        # Locust: a child, reaped before the window ends
+    cpu.servers_s, cpu.reaped_s
 """
 
 from __future__ import annotations
@@ -23,6 +31,7 @@ from typing import Any
 from loadtest.periodic import Periodic
 
 PROC = Path("/proc")
+_CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 
 
 def read_process(pid: int) -> dict[str, int] | None:
@@ -62,6 +71,51 @@ def descendants(pid: int) -> list[int]:
         found.append(child)
         todo += children(child)
     return sorted(found)
+
+
+def cpu_seconds(pid: int) -> float | None:
+    """User + system CPU seconds of ``pid`` (all its threads) so far; None if it is gone."""
+    try:
+        stat = (PROC / str(pid) / "stat").read_text()
+    except (FileNotFoundError, ProcessLookupError):
+        return None
+    fields = stat.rsplit(")", 1)[1].split()  # the command name may hold spaces
+    return (int(fields[11]) + int(fields[12])) / _CLOCK_TICKS
+
+
+class CpuMeter:
+    """CPU seconds spent during a ``with`` block by this process's live descendants
+    (``servers_s``) and by its children reaped within it (``reaped_s``, from ``os.times``).
+
+    A descendant alive at both ends counts its difference, one started in the window all of its
+    time; one that exits unreaped within the window (a server's replaced worker) is lost.
+    """
+
+    def __init__(self) -> None:
+        self.servers_s = 0.0
+        self.reaped_s = 0.0
+        self._start: dict[int, float] = {}
+        self._reaped0 = 0.0
+
+    @staticmethod
+    def _descendants_cpu() -> dict[int, float]:
+        found = {p: cpu_seconds(p) for p in descendants(os.getpid())}
+        return {p: c for p, c in found.items() if c is not None}
+
+    @staticmethod
+    def _reaped() -> float:
+        t = os.times()
+        return t.children_user + t.children_system
+
+    def __enter__(self) -> CpuMeter:
+        self._start = self._descendants_cpu()
+        self._reaped0 = self._reaped()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.reaped_s = self._reaped() - self._reaped0
+        end = self._descendants_cpu()
+        self.servers_s = sum(c - self._start.get(p, 0.0) for p, c in end.items())
 
 
 def read_dir(path: Path) -> dict[str, int]:

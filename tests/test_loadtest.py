@@ -275,11 +275,16 @@ def test_compare_end_to_end_with_absent_peers_skipped(exported_model, tmp_path):
         assert row["failures"] == 0 and row["requests"] > 0
         assert (Path(row["out"]) / "summary.json").is_file()
         assert f"| {name} |" in proc.stdout
+        # every request cost the servers and Locust some CPU, and less than a second each
+        assert 0 < row["server_cpu_ms_per_request"] < 1000, row
+        assert 0 < row["locust_cpu_ms_per_request"] < 1000, row
     # what is left are the peers (none installed here) or the peers plug-in row itself
     assert rows, "compare listed no peer row"
     for row in rows.values():
         assert row["status"] == "skipped", row
         assert "make bench-peers" in row["reason"] or "not in this checkout" in row["reason"]
+        assert row["server_cpu_ms_per_request"] is None
     assert (out / "compare.md").read_text().count("| skipped:") == len(rows)
+    assert "| server CPU ms/req | Locust CPU ms/req |" in proc.stdout
     assert (out / "compare.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert doc["settings"]["users"] == 2 and doc["settings"]["duration"] == "2s"

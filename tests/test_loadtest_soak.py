@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from loadtest.procstats import children, read_dir, read_process, sample
+from loadtest.procstats import CpuMeter, children, cpu_seconds, read_dir, read_process, sample
 from loadtest.servers import ROOT
 from loadtest.soak import SoakSettings, growth_crossed, resource_growth
 from loadtest.versions import VersionSwapper, publish_copy
@@ -127,6 +127,36 @@ def test_procstats_reads_this_process_tree(tmp_path):
         child.kill()
         child.wait()
     assert read_process(child.pid) is None
+
+
+_BURN = (
+    "import time\nend = time.process_time() + {s}\nwhile time.process_time() < end: pass\n{then}"
+)
+
+
+def test_cpu_meter_splits_live_servers_from_reaped_clients():
+    """A live child burning 0.4 s in the window counts as a server; a child that burns 0.3 s
+    and is reaped inside the window counts as reaped; an idle child counts ~0."""
+    idle = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
+    server = subprocess.Popen(
+        [sys.executable, "-c", "import sys; sys.stdin.readline()\n"
+         + _BURN.format(s=0.4, then="print('burnt', flush=True); import time; time.sleep(30)")],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        assert server.stdin is not None and server.stdout is not None
+        with CpuMeter() as cpu:
+            server.stdin.write("go\n")
+            server.stdin.flush()
+            subprocess.run([sys.executable, "-c", _BURN.format(s=0.3, then="")], check=True)
+            assert server.stdout.readline() == "burnt\n"  # its burn is inside the window
+        assert 0.4 <= cpu.servers_s < 0.4 + 0.3  # its burn, plus little else (the idle child)
+        assert 0.3 <= cpu.reaped_s < 0.3 + 0.5  # the burn plus the interpreter's start-up
+    finally:
+        for p in (idle, server):
+            p.kill()
+            p.wait()
+    assert cpu_seconds(idle.pid) is None
 
 
 def _soak(*args: str, timeout: float = 300) -> subprocess.CompletedProcess:
