@@ -74,21 +74,23 @@ def descendants(pid: int) -> list[int]:
 
 
 def cpu_seconds(pid: int) -> float | None:
-    """User + system CPU seconds of ``pid`` (all its threads) so far; None if it is gone."""
+    """User + system CPU seconds of ``pid`` (all its threads) and of the children it has
+    reaped (a gunicorn master's replaced workers) so far; None if it is gone."""
     try:
         stat = (PROC / str(pid) / "stat").read_text()
     except (FileNotFoundError, ProcessLookupError):
         return None
     fields = stat.rsplit(")", 1)[1].split()  # the command name may hold spaces
-    return (int(fields[11]) + int(fields[12])) / _CLOCK_TICKS
+    return sum(int(f) for f in fields[11:15]) / _CLOCK_TICKS  # utime stime cutime cstime
 
 
 class CpuMeter:
     """CPU seconds spent during a ``with`` block by this process's live descendants
     (``servers_s``) and by its children reaped within it (``reaped_s``, from ``os.times``).
 
-    A descendant alive at both ends counts its difference, one started in the window all of its
-    time; one that exits unreaped within the window (a server's replaced worker) is lost.
+    Descendants are summed at both ends, each with the children it reaped: a worker replaced
+    in the window is counted through the master that reaped it; one that exits and is not
+    reaped by the window's end is lost until it is.
     """
 
     def __init__(self) -> None:
@@ -115,7 +117,7 @@ class CpuMeter:
     def __exit__(self, *exc: object) -> None:
         self.reaped_s = self._reaped() - self._reaped0
         end = self._descendants_cpu()
-        self.servers_s = sum(c - self._start.get(p, 0.0) for p, c in end.items())
+        self.servers_s = sum(end.values()) - sum(self._start.values())
 
 
 def read_dir(path: Path) -> dict[str, int]:

@@ -135,23 +135,31 @@ _BURN = (
 
 
 def test_cpu_meter_splits_live_servers_from_reaped_clients():
-    """A live child burning 0.4 s in the window counts as a server; a child that burns 0.3 s
-    and is reaped inside the window counts as reaped; an idle child counts ~0."""
+    """A live child burning 0.45 s in the window, plus 0.25 s in a worker of its own that it
+    reaps, counts as servers; a child that burns 0.35 s and is reaped inside the window counts
+    as reaped; an idle child counts ~0."""
     idle = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
+    worker = _BURN.format(s=0.25, then="")
+    server_code = (
+        "import subprocess, sys, time\nsys.stdin.readline()\n"
+        f"subprocess.run([sys.executable, '-c', {worker!r}], check=True)\n"
+        + _BURN.format(s=0.45, then="print('burnt', flush=True); time.sleep(30)")
+    )
     server = subprocess.Popen(
-        [sys.executable, "-c", "import sys; sys.stdin.readline()\n"
-         + _BURN.format(s=0.4, then="print('burnt', flush=True); import time; time.sleep(30)")],
-        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+        [sys.executable, "-c", server_code], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+        text=True,
     )  # fmt: skip
     try:
         assert server.stdin is not None and server.stdout is not None
         with CpuMeter() as cpu:
             server.stdin.write("go\n")
             server.stdin.flush()
-            subprocess.run([sys.executable, "-c", _BURN.format(s=0.3, then="")], check=True)
+            subprocess.run([sys.executable, "-c", _BURN.format(s=0.35, then="")], check=True)
             assert server.stdout.readline() == "burnt\n"  # its burn is inside the window
-        assert 0.4 <= cpu.servers_s < 0.4 + 0.3  # its burn, plus little else (the idle child)
-        assert 0.3 <= cpu.reaped_s < 0.3 + 0.5  # the burn plus the interpreter's start-up
+        # /proc and times() count in clock ticks: each burn is 0.05 s above what is asserted
+        # its burns and its worker's start-up, plus little else (the idle child)
+        assert 0.4 + 0.2 <= cpu.servers_s < 0.45 + 0.25 + 0.4
+        assert 0.3 <= cpu.reaped_s < 0.35 + 0.5  # the burn plus the interpreter's start-up
     finally:
         for p in (idle, server):
             p.kill()
