@@ -73,15 +73,21 @@ def descendants(pid: int) -> list[int]:
     return sorted(found)
 
 
-def cpu_seconds(pid: int) -> float | None:
-    """User + system CPU seconds of ``pid`` (all its threads) and of the children it has
-    reaped (a gunicorn master's replaced workers) so far; None if it is gone."""
+def stat_fields(pid: int) -> list[str] | None:
+    """The fields of ``/proc/<pid>/stat`` after the command name (``[0]`` is the state,
+    ``[1]`` the parent pid, ``[11:15]`` utime, stime, cutime, cstime); None if it is gone."""
     try:
         stat = (PROC / str(pid) / "stat").read_text()
     except (FileNotFoundError, ProcessLookupError):
         return None
-    fields = stat.rsplit(")", 1)[1].split()  # the command name may hold spaces
-    return sum(int(f) for f in fields[11:15]) / _CLOCK_TICKS  # utime stime cutime cstime
+    return stat.rsplit(")", 1)[1].split()  # the command name may hold spaces and parentheses
+
+
+def cpu_seconds(pid: int) -> float | None:
+    """User + system CPU seconds of ``pid`` (all its threads) and of the children it has
+    reaped (a gunicorn master's replaced workers) so far; None if it is gone."""
+    fields = stat_fields(pid)
+    return None if fields is None else sum(int(f) for f in fields[11:15]) / _CLOCK_TICKS
 
 
 class CpuMeter:

@@ -14,6 +14,7 @@ from pathlib import Path
 
 from prometheus_client.multiprocess import MultiProcessCollector
 
+from loadtest.procstats import children, stat_fields
 from loadtest.servers import Server
 
 __all__ = [
@@ -27,24 +28,13 @@ __all__ = [
 PREDICT_OK_LABELS = {"endpoint": "/v1/predict", "method": "POST", "status": "200"}
 
 
-def _state_and_ppid(stat: str) -> tuple[str, int]:
-    # /proc/<pid>/stat: "pid (comm) state ppid ..."; comm may contain spaces and parentheses
-    state, ppid = stat.rsplit(")", 1)[1].split()[:2]
-    return state, int(ppid)
-
-
 def worker_pids(server: Server) -> set[int]:
     """Pids of the live child processes of ``server``'s process (the gunicorn workers)."""
-    master = server.proc.pid
     pids = set()
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            text = stat.read_text()
-        except OSError:  # exited while we looked
-            continue
-        state, ppid = _state_and_ppid(text)
-        if ppid == master and state != "Z":  # a zombie is a worker that died, not reaped yet
-            pids.add(int(stat.parent.name))
+    for pid in children(server.proc.pid):
+        fields = stat_fields(pid)
+        if fields is not None and fields[0] != "Z":  # a zombie: a worker that died, not reaped
+            pids.add(pid)
     return pids
 
 
