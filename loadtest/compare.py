@@ -42,8 +42,8 @@ PLUGINS = ("loadtest.peers", "loadtest.floors", "loadtest.model_limit")
 BATCHING_CONFIG = ROOT / "serving" / "config" / "batching.config"
 # GATEWAY_* settings of the caller's environment that compare must not pass on: it sets them
 GATEWAY_OWN = ("GATEWAY_BACKEND", "GATEWAY_HOST", "GATEWAY_PORT")
-#: CPU per request of a Locust row: the servers' processes (every one alive during the row, a
-#: model server shared with other rows included) and Locust's. Unlike requests/s, these move
+#: CPU per request of a Locust row: the servers' processes (every descendant alive at the row's
+#: end, with what it reaped; a model server shared with other rows included) and Locust's. Unlike requests/s, these move
 #: much less when a shared machine lends the benchmark more or fewer cores.
 CPU_KEYS = ("server_cpu_ms_per_request", "locust_cpu_ms_per_request")
 ROW_KEYS = (*MEASUREMENT_KEYS, "images_checked", *CPU_KEYS)

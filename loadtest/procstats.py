@@ -102,13 +102,12 @@ class CpuMeter:
     def __init__(self) -> None:
         self.servers_s = 0.0
         self.reaped_s = 0.0
-        self._start: dict[int, float] = {}
+        self._servers0 = 0.0
         self._reaped0 = 0.0
 
     @staticmethod
-    def _descendants_cpu() -> dict[int, float]:
-        found = {p: cpu_seconds(p) for p in descendants(os.getpid())}
-        return {p: c for p, c in found.items() if c is not None}
+    def _servers() -> float:
+        return sum(c for p in descendants(os.getpid()) if (c := cpu_seconds(p)) is not None)
 
     @staticmethod
     def _reaped() -> float:
@@ -116,14 +115,13 @@ class CpuMeter:
         return t.children_user + t.children_system
 
     def __enter__(self) -> CpuMeter:
-        self._start = self._descendants_cpu()
+        self._servers0 = self._servers()
         self._reaped0 = self._reaped()
         return self
 
     def __exit__(self, *exc: object) -> None:
         self.reaped_s = self._reaped() - self._reaped0
-        end = self._descendants_cpu()
-        self.servers_s = sum(end.values()) - sum(self._start.values())
+        self.servers_s = self._servers() - self._servers0
 
 
 def read_dir(path: Path) -> dict[str, int]:
