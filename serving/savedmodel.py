@@ -44,6 +44,7 @@ from tensorflow_serving.apis import prediction_log_pb2
 
 from serving.backends.types import VersionStatus
 from serving.contract import SIGNATURE_NAME, WARMUP_FILE, list_versions
+from serving.litemodel import TFLITE_FILE, LiteSignature
 
 log = logging.getLogger(__name__)
 
@@ -159,6 +160,8 @@ class LoadedModel:
     ):
         self.path = path
         self.version = version
+        #: What runs ``serving_default``: "tensorflow" (the Session) or "tflite" (`use_tflite`).
+        self.runtime = "tensorflow"
         self._session = session
         self.signature_defs = signature_defs
         self.signatures: dict[str, Signature] = {}
@@ -182,13 +185,20 @@ class LoadedModel:
             )
 
     @classmethod
-    def load(cls, path: str | os.PathLike[str], version: int | None = None) -> LoadedModel:
+    def load(
+        cls,
+        path: str | os.PathLike[str],
+        version: int | None = None,
+        *,
+        prefer_tflite: bool = False,
+    ) -> LoadedModel:
         """Load the SavedModel at ``path`` (a version folder); version defaults to its name.
 
         The serving meta graph is loaded into a TensorFlow Session of its own, as TF Serving
         does: a signature call is then one ``Session`` run, without the Python work of an eager
         function call (about 0.3-0.6 ms less per call on a small CPU; see docs/BENCHMARKS.md).
-        The session's thread pools follow ``tf.config.threading``.
+        The session's thread pools follow ``tf.config.threading``. With ``prefer_tflite``
+        and a ``model.tflite`` in the folder, ``serving_default`` runs on it (`use_tflite`).
         """
         p = Path(path)
         if version is None:
@@ -208,7 +218,50 @@ class LoadedModel:
         except (OSError, ValueError, IndexError, RuntimeError, tf.errors.OpError) as exc:
             session.close()
             raise LoadError(f"cannot load SavedModel {p}: {exc}") from exc
-        return cls(p, version, session, signature_defs)
+        model = cls(p, version, session, signature_defs)
+        lite_file = p / TFLITE_FILE
+        if prefer_tflite and lite_file.is_file():
+            try:
+                model.use_tflite(lite_file.read_bytes())
+            except (OSError, LoadError):
+                model.close()
+                raise
+        elif prefer_tflite:
+            log.info("version %d: no %s in %s; serving the SavedModel", version, TFLITE_FILE, p)
+        return model
+
+    def use_tflite(self, blob: bytes, signature_name: str = SIGNATURE_NAME) -> None:
+        """Run ``signature_name`` on the TFLite flatbuffer ``blob`` from now on.
+
+        The flatbuffer must have the signature's inputs and outputs and give the Session's
+        answers (floats within 1e-4, everything else equal) on a probe batch; otherwise
+        `LoadError`, and the Session keeps the signature.
+        """
+        sig = self.signature(signature_name)
+        try:
+            lite = LiteSignature(blob, signature_name, list(sig.inputs), list(sig.outputs))
+            probe = _probe_inputs(sig)
+            expected = self._callables[signature_name](*probe)
+            got = lite(*probe)
+        except (ValueError, RuntimeError) as exc:
+            raise LoadError(f"{TFLITE_FILE} of {self.path}: {exc}") from exc
+        for key, want, have in zip(sig.outputs, expected, got, strict=True):
+            want, have = np.asarray(want), np.asarray(have)
+            same = want.shape == have.shape and (
+                np.allclose(want, have, rtol=1e-4, atol=1e-4)
+                if want.dtype.kind == "f"
+                else np.array_equal(want, have)
+            )
+            if not same:
+                raise LoadError(
+                    f"{TFLITE_FILE} of {self.path} does not match its SavedModel: output "
+                    f"{key!r} of {signature_name!r} differs on a probe batch (a stale file?)"
+                )
+        self._callables[signature_name] = lite
+        self.runtime = "tflite"
+        log.info(
+            "version %d: %s runs on TensorFlow Lite (%s)", self.version, signature_name, TFLITE_FILE
+        )
 
     def close(self) -> None:
         """Release the session (its graph and variables); `predict` fails afterwards."""
@@ -290,6 +343,21 @@ class LoadedModel:
                 raise LoadError(f"warmup record {count} failed: {exc}") from exc
             count += 1
         return count
+
+
+def _probe_inputs(sig: Signature) -> list[np.ndarray]:
+    """Fixed pseudo-random inputs for ``sig``, 3 rows where a dimension is free."""
+    rng = np.random.default_rng(0)
+    out = []
+    for key, spec in sig.inputs.items():
+        if spec.shape is None or spec.dtype.kind not in "fiu":
+            raise LoadError(
+                f"cannot probe input {key!r} ({spec.describe()}) to check a TFLite copy"
+            )
+        shape = [3 if d is None or d < 0 else d for d in spec.shape]
+        values = rng.random(shape) if spec.dtype.kind == "f" else rng.integers(0, 2, shape)
+        out.append(values.astype(spec.dtype))
+    return out
 
 
 def _conform(key: str, value: Any, spec: TensorSpec) -> np.ndarray:
@@ -390,12 +458,21 @@ class _Servable:
 Loader = Callable[[Path, int], LoadedModel]
 
 
-def _default_loader(path: Path, version: int) -> LoadedModel:
-    model = LoadedModel.load(path, version)
-    n = model.run_warmup()
-    if n:
-        log.info("version %d: ran %d warmup record(s)", version, n)
-    return model
+def make_loader(*, prefer_tflite: bool = False) -> Loader:
+    """A `ModelManager` loader: `LoadedModel.load` (``prefer_tflite`` passed on), then the
+    version's warmup records."""
+
+    def load(path: Path, version: int) -> LoadedModel:
+        model = LoadedModel.load(path, version, prefer_tflite=prefer_tflite)
+        n = model.run_warmup()
+        if n:
+            log.info("version %d: ran %d warmup record(s)", version, n)
+        return model
+
+    return load
+
+
+_default_loader = make_loader()
 
 
 class ModelManager:

@@ -26,6 +26,7 @@ def test_defaults_match_the_design():
     assert cfg.port == 8080
     assert cfg.max_body_bytes == 10 * 1024 * 1024
     assert cfg.max_batch == 256
+    assert cfg.embedded_options()["prefer_tflite_model"] is True
 
 
 def test_default_pixel_limit_is_the_preprocessing_guard():
@@ -51,6 +52,7 @@ def test_from_env_parses_every_type():
             "GATEWAY_THREADS": "4",
             "GATEWAY_ACCESS_LOG": "true",
             "GATEWAY_BATCH_TIMEOUT_MS": "0",
+            "GATEWAY_PREFER_TFLITE_MODEL": "false",
             "GATEWAY_UNRELATED": "ignored",
             "GATEWAY_LOG_LEVEL": " ",  # blank = default
         }
@@ -64,6 +66,7 @@ def test_from_env_parses_every_type():
     assert (cfg.host, cfg.port, cfg.workers, cfg.threads) == ("127.0.0.1", 9000, 3, 4)
     assert cfg.access_log is True
     assert cfg.batch_timeout_ms == 0.0
+    assert cfg.prefer_tflite_model is False
     assert cfg.log_level == "INFO"
 
 

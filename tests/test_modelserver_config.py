@@ -145,6 +145,8 @@ def test_flags_accept_both_spellings_and_tf_serving_defaults():
     a = parse_args(["--model_name", "m", "--model_base_path=/models/m", "--enable_batching"])
     assert (a.port, a.rest_api_port, a.file_system_poll_wait_seconds) == (8500, 8501, 1)
     assert a.enable_batching is True and a.enable_model_warmup is True
+    assert a.prefer_tflite_model is False
+    assert parse_args(["--model_base_path=/m", "--prefer_tflite_model"]).prefer_tflite_model
     b = parse_args(["--model_name=m", "--model_base_path", "/models/m", "--enable_batching=false"])
     assert b.enable_batching is False and b.model_base_path == "/models/m"
     c = parse_args(["--model_config_file=serving/config/models.config", "--port=9000"])

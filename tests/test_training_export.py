@@ -255,3 +255,33 @@ def test_test_time_flip_exports_the_mean_of_each_image_and_its_mirror(
     # without the option: the model's own probabilities
     _, fn = load_serving_fn(export_model(small_model, tmp_path, 2))
     np.testing.assert_allclose(fn(images=tf.constant(images))["probabilities"], plain, atol=1e-6)
+
+
+def test_the_tflite_copy_of_a_flip_export_gives_the_flip_mean(tmp_path: Path, small_model) -> None:
+    from serving.savedmodel import LoadedModel
+    from training.export import export_model
+
+    images = np.random.default_rng(3).random((4, 28, 28, 1), dtype=np.float32)
+    plain = small_model.predict(images, verbose=0)
+    mirrored = small_model.predict(images[:, :, ::-1], verbose=0)
+    model = LoadedModel.load(
+        export_model(small_model, tmp_path, 1, test_time_flip=True), prefer_tflite=True
+    )
+    assert model.runtime == "tflite"
+    got = model.predict({"images": images})["probabilities"]
+    np.testing.assert_allclose(got, (plain + mirrored) / 2, atol=1e-5)
+
+
+def test_a_failed_tflite_conversion_fails_the_export(tmp_path: Path, small_model, monkeypatch):
+    import training.export
+    from training.errors import ExportError
+
+    def refuse(path: Path) -> Path:
+        raise RuntimeError("op not supported")
+
+    monkeypatch.setattr(training.export, "write_tflite", refuse)
+    with pytest.raises(
+        ExportError, match=r"^cannot convert the SavedModel to TensorFlow Lite: op not supported$"
+    ):
+        training.export.export_model(small_model, tmp_path, 1)
+    assert _entries(tmp_path) == []

@@ -3,7 +3,9 @@
 Layout: ``<export_dir>/<version>/`` holds a SavedModel whose ``serving_default`` signature takes
 ``images`` float32 ``[None,28,28,1]`` in [0,1] and returns ``probabilities`` float32 ``[None,10]``,
 ``class_ids`` int64 ``[None]`` and ``class_names`` string ``[None]``, plus TF Serving warmup
-records in ``assets.extra/tf_serving_warmup_requests``.
+records in ``assets.extra/tf_serving_warmup_requests`` and the same signature converted to
+TensorFlow Lite in ``model.tflite`` (what the gateway's embedded backend runs, and TF Serving's
+``--prefer_tflite_model``).
 
 Example::
 
@@ -36,6 +38,7 @@ from serving.contract import (
     WARMUP_FILE,
     list_versions,
 )
+from serving.litemodel import write_tflite
 from training.errors import ExportError
 
 log = logging.getLogger(__name__)
@@ -125,6 +128,13 @@ def _write_savedmodel(model: keras.Model, path: Path, *, test_time_flip: bool) -
     archive.write_out(str(path), verbose=False)
 
 
+def _write_tflite(path: Path) -> None:
+    try:
+        write_tflite(path)
+    except Exception as exc:  # the converter raises its own ConverterError and others
+        raise ExportError(f"cannot convert the SavedModel to TensorFlow Lite: {exc}") from exc
+
+
 def export_model(
     model: keras.Model,
     export_dir: str | Path,
@@ -164,6 +174,7 @@ def export_model(
         write_warmup_records(
             tmp / WARMUP_FILE, _default_warmup_images() if warmup_images is None else warmup_images
         )
+        _write_tflite(tmp)
         if extras is not None:
             extras(tmp, version)
         if final.exists():  # overwrite: move the old one aside first, then swap in the new one

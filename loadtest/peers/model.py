@@ -3,12 +3,13 @@
 - :func:`decode` is :func:`serving.preprocess.decode_image` (the gateway's preprocessing);
 - :class:`Model` loads the newest version under the model base dir with the project's own
   :class:`serving.savedmodel.LoadedModel` (the embedded gateway's loader) and runs
-  ``serving_default`` on a stacked batch, TensorFlow limited to one intra-op and one inter-op
-  thread per process as the gateway's workers are (``GATEWAY_TF_*_THREADS`` defaults);
+  ``serving_default`` on a stacked batch, on the version's ``model.tflite`` where there is one
+  (``GATEWAY_PREFER_TFLITE_MODEL``'s default), TensorFlow limited to one intra-op and one
+  inter-op thread per process as the gateway's workers are (``GATEWAY_TF_*_THREADS`` defaults);
 - :func:`predictions` turns ``[N, 10]`` probabilities into the gateway's prediction objects
   (``class_id``, ``label``, ``confidence``, ``probabilities``, rounded to 6 decimals).
 
-Only numpy, Pillow and TensorFlow are needed (TensorFlow is imported when a model is loaded).
+Only numpy, Pillow, TensorFlow and LiteRT are needed (TensorFlow is imported when a model is loaded).
 """
 
 from __future__ import annotations
@@ -57,7 +58,7 @@ class Model:
             raise RuntimeError(f"no SavedModel version under {base_dir}")
         self.name = MODEL_NAME
         self.version = versions[-1]
-        self._loaded = LoadedModel.load(Path(base_dir) / str(self.version))
+        self._loaded = LoadedModel.load(Path(base_dir) / str(self.version), prefer_tflite=True)
         # Warm up before the server says it is ready, as the gateway does with the export's
         # warmup records (replaying those needs tensorflow-serving-api, not in the peer venvs).
         blank = np.zeros((IMAGE_SIZE, IMAGE_SIZE, 1), np.float32)

@@ -95,10 +95,12 @@ class Peer:
         return self.venv(root) / "bin" / "python"
 
     def all_requirements(self) -> list[str]:
-        """Pinned requirements: the framework's, TensorFlow and the project's numpy/Pillow."""
+        """Pinned requirements: the framework's, TensorFlow, and the project's LiteRT (the
+        gateway's runtime for ``model.tflite``), numpy and Pillow."""
         return [
             *self.requirements,
             tensorflow_requirement(),
+            _project_pin("ai-edge-litert"),
             _project_pin("numpy"),
             _project_pin("pillow"),
         ]

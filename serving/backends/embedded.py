@@ -32,7 +32,13 @@ from serving.backends.errors import (
 from serving.backends.types import ClosesOnExit, PredictResult, VersionStatus
 from serving.batching import Batcher, BatcherClosed, QueueFullError
 from serving.contract import INPUT_KEY, MODEL_NAME, OUTPUT_PROBABILITIES, list_versions
-from serving.savedmodel import InvalidInput, ModelManager, ServableNotFound, VersionPolicy
+from serving.savedmodel import (
+    InvalidInput,
+    ModelManager,
+    ServableNotFound,
+    VersionPolicy,
+    make_loader,
+)
 
 __all__ = ["EmbeddedBackend"]
 
@@ -46,7 +52,8 @@ class EmbeddedBackend(ClosesOnExit):
     ``predict`` (queueing included). ``batch_max_size`` and ``batch_timeout_ms`` shape the
     micro-batches, ``model_poll_seconds`` is how often the base path is checked for new
     versions, ``tf_intra_op_threads``/``tf_inter_op_threads`` size TensorFlow's thread pools
-    (0 = TensorFlow's default).
+    (0 = TensorFlow's default). With ``prefer_tflite_model`` a version's ``model.tflite`` runs
+    its ``serving_default`` (see `serving.litemodel`); without the file, the SavedModel does.
     """
 
     def __init__(
@@ -61,6 +68,7 @@ class EmbeddedBackend(ClosesOnExit):
         model_poll_seconds: float = 2.0,
         tf_intra_op_threads: int = 1,
         tf_inter_op_threads: int = 1,
+        prefer_tflite_model: bool = True,
     ) -> None:
         self.base_path = os.fspath(base_path)
         self.model_name = model_name
@@ -71,7 +79,11 @@ class EmbeddedBackend(ClosesOnExit):
             VersionPolicy.specific([version]) if version is not None else VersionPolicy.latest(1)
         )
         self.manager = ModelManager(
-            model_name, self.base_path, policy, poll_interval_s=model_poll_seconds
+            model_name,
+            self.base_path,
+            policy,
+            poll_interval_s=model_poll_seconds,
+            loader=make_loader(prefer_tflite=prefer_tflite_model),
         )
         self.batcher = Batcher(
             self._run_batch,

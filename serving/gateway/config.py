@@ -92,6 +92,9 @@ class GatewayConfig:
     # several gunicorn workers on few cores, 1 avoids oversubscription and spinning threads.
     tf_intra_op_threads: int = 1
     tf_inter_op_threads: int = 1
+    # Embedded backend: run a version's model.tflite (which training exports beside the
+    # SavedModel, checked against it at load) instead of the SavedModel's TensorFlow graph.
+    prefer_tflite_model: bool = True
     # Readiness probe cache and the Retry-After sent with 503 answers.
     ready_cache_seconds: float = 1.0
     retry_after_seconds: int = 1
@@ -200,6 +203,7 @@ _EMBEDDED_OPTIONS = (
     "model_poll_seconds",
     "tf_intra_op_threads",
     "tf_inter_op_threads",
+    "prefer_tflite_model",
 )
 
 _TRUE = {"1", "true", "yes", "on"}

@@ -17,7 +17,8 @@ What it implements, like TF Serving:
 - flags: ``--port``, ``--rest_api_port``, ``--model_name``, ``--model_base_path``,
   ``--model_config_file`` (+ ``--model_config_file_poll_wait_seconds``),
   ``--file_system_poll_wait_seconds``, ``--monitoring_config_file``, ``--enable_batching``,
-  ``--batching_parameters_file``, ``--enable_model_warmup``, ``--rest_api_num_threads``,
+  ``--batching_parameters_file``, ``--enable_model_warmup``, ``--prefer_tflite_model``,
+  ``--rest_api_num_threads``,
   ``--rest_api_timeout_in_ms``; config files are TF Serving's text protos (serving/config/).
 - gRPC ``tensorflow.serving.PredictionService`` (``Predict``, ``GetModelMetadata``) and
   ``ModelService`` (``GetModelStatus``, ``HandleReloadConfigRequest``) from

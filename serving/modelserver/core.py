@@ -109,12 +109,14 @@ class ServerCore:
         batching: BatchingSettings | None = None,
         metrics: ServerMetrics | None = None,
         enable_warmup: bool = True,
+        prefer_tflite: bool = False,
     ):
         validate_model_server_config(config)
         self.poll_interval_s = poll_interval_s
         self.batching = batching
         self.metrics = metrics
         self.enable_warmup = enable_warmup
+        self.prefer_tflite = prefer_tflite
         self._lock = threading.RLock()
         self._managers: dict[str, ModelManager] = {}
         self._base_paths: dict[str, str] = {}
@@ -143,7 +145,7 @@ class ServerCore:
 
     def _loader(self, name: str, path: Path, version: int) -> LoadedModel:
         try:
-            model = LoadedModel.load(path, version)
+            model = LoadedModel.load(path, version, prefer_tflite=self.prefer_tflite)
             if self.enable_warmup:
                 n = model.run_warmup()
                 log.info("%s version %d: ran %d warmup record(s)", name, version, n)

@@ -129,6 +129,15 @@ def build_parser() -> argparse.ArgumentParser:
         help="replay assets.extra/tf_serving_warmup_requests before serving a version",
     )
     p.add_argument(
+        "--prefer_tflite_model",
+        type=_bool,
+        nargs="?",
+        const=True,
+        default=False,
+        help="run serving_default on the version folder's model.tflite (checked against the "
+        "SavedModel at load) where there is one",
+    )
+    p.add_argument(
         "--grpc_max_threads",
         type=NON_NEGATIVE_INT,
         default=32,
@@ -216,6 +225,7 @@ class ModelServer:
             batching=batching,
             metrics=self.metrics,
             enable_warmup=args.enable_model_warmup,
+            prefer_tflite=args.prefer_tflite_model,
         )
         self.stop_event = threading.Event()
         self.grpc_server: Any = None
