@@ -259,7 +259,8 @@ def test_inspect(exported_model: Path, capsys: pytest.CaptureFixture[str]) -> No
         "        shape: (-1, 10)\n"
     ) in out
     assert (
-        "other files: assets.extra, confusion_matrix.png, metrics.json, training_curves.png" in out
+        "other files: assets.extra, confusion_matrix.png, metrics.json, model.tflite, training_curves.png"
+        in out
     )
 
 
