@@ -11,7 +11,10 @@ Example::
     run = LiteSignature(blob, "serving_default", ["images"], ["class_ids", "probabilities"])
     class_ids, probabilities = run(images)        # safe from many threads at once
 
-This module imports TensorFlow (for the converter) and LiteRT's interpreter.
+This module imports TensorFlow (for the converter); LiteRT is imported when a `LiteSignature` is
+built. Each interpreter runs on one thread (``GATEWAY_TF_*_THREADS`` size TensorFlow's pools,
+not these); the pool holds as many interpreters as calls ever ran at once (one per batch
+thread in the gateway, up to the RPC threads in a model server without batching, ~3 MB each).
 """
 
 from __future__ import annotations
@@ -24,7 +27,6 @@ from typing import Any
 
 import numpy as np
 import tensorflow as tf
-from ai_edge_litert.interpreter import Interpreter
 
 from serving.contract import SIGNATURE_NAME
 
@@ -73,6 +75,7 @@ class LiteSignature:
         self.input_keys = list(input_keys)
         self.output_keys = list(output_keys)
         self._idle: queue.SimpleQueue[Any] = queue.SimpleQueue()
+        self._closed = False
         runner = self._new_runner()  # fails now, not at the first request, on a bad file
         details = (runner.get_input_details(), runner.get_output_details())
         if sorted(details[0]) != sorted(self.input_keys) or sorted(details[1]) != sorted(
@@ -86,14 +89,27 @@ class LiteSignature:
         self._idle.put(runner)
 
     def _new_runner(self) -> Any:
+        from ai_edge_litert.interpreter import Interpreter
+
         interpreter = Interpreter(model_content=self._blob, num_threads=1)
         try:
             return interpreter.get_signature_runner(self.signature_name)
         except ValueError as exc:
             raise ValueError(f"TFLite model has no signature {self.signature_name!r}") from exc
 
+    def close(self) -> None:
+        """Drop the idle interpreters; calls fail from now on (as a closed Session's do)."""
+        self._closed = True
+        while True:
+            try:
+                self._idle.get_nowait()
+            except queue.Empty:
+                return
+
     def __call__(self, *inputs: np.ndarray) -> list[np.ndarray]:
-        if inputs and inputs[0].ndim and len(inputs[0]) == 0:
+        if self._closed:
+            raise RuntimeError(f"TFLite signature {self.signature_name!r} is closed")
+        if any(x.ndim and len(x) == 0 for x in inputs):
             # XNNPACK cannot size a 0-row batch; TensorFlow answers it with 0-row outputs.
             one_row = [np.zeros((1, *x.shape[1:]), x.dtype) for x in inputs]
             return [out[:0] for out in self(*one_row)]

@@ -162,6 +162,7 @@ class LoadedModel:
         self.version = version
         #: What runs ``serving_default``: "tensorflow" (the Session) or "tflite" (`use_tflite`).
         self.runtime = "tensorflow"
+        self._lite: list[LiteSignature] = []
         self._session = session
         self.signature_defs = signature_defs
         self.signatures: dict[str, Signature] = {}
@@ -223,7 +224,10 @@ class LoadedModel:
         if prefer_tflite and lite_file.is_file():
             try:
                 model.use_tflite(lite_file.read_bytes())
-            except (OSError, LoadError):
+            except OSError as exc:
+                model.close()
+                raise LoadError(f"cannot read {lite_file}: {exc}") from exc
+            except BaseException:
                 model.close()
                 raise
         elif prefer_tflite:
@@ -237,20 +241,33 @@ class LoadedModel:
         answers (floats within 1e-4, everything else equal) on a probe batch; otherwise
         `LoadError`, and the Session keeps the signature.
         """
-        sig = self.signature(signature_name)
+        sig = self.signatures.get(signature_name)
+        probe = _probe_inputs(sig) if sig is not None else None
+        if sig is None or probe is None:
+            log.warning(
+                "version %d: %s not used: signature %r %s; serving the SavedModel",
+                self.version,
+                TFLITE_FILE,
+                signature_name,
+                "is not in the SavedModel" if sig is None else "has inputs a probe cannot fill",
+            )
+            return
         try:
             lite = LiteSignature(blob, signature_name, list(sig.inputs), list(sig.outputs))
-            probe = _probe_inputs(sig)
             expected = self._callables[signature_name](*probe)
             got = lite(*probe)
-        except (ValueError, RuntimeError) as exc:
+        except (ValueError, RuntimeError, tf.errors.OpError) as exc:
             raise LoadError(f"{TFLITE_FILE} of {self.path}: {exc}") from exc
         for key, want, have in zip(sig.outputs, expected, got, strict=True):
             want, have = np.asarray(want), np.asarray(have)
-            same = want.shape == have.shape and (
-                np.allclose(want, have, rtol=1e-4, atol=1e-4)
-                if want.dtype.kind == "f"
-                else np.array_equal(want, have)
+            same = (
+                want.dtype == have.dtype
+                and want.shape == have.shape
+                and (
+                    np.allclose(want, have, rtol=1e-4, atol=1e-4)
+                    if want.dtype.kind == "f"
+                    else np.array_equal(want, have)
+                )
             )
             if not same:
                 raise LoadError(
@@ -258,13 +275,17 @@ class LoadedModel:
                     f"{key!r} of {signature_name!r} differs on a probe batch (a stale file?)"
                 )
         self._callables[signature_name] = lite
+        self._lite.append(lite)
         self.runtime = "tflite"
         log.info(
             "version %d: %s runs on TensorFlow Lite (%s)", self.version, signature_name, TFLITE_FILE
         )
 
     def close(self) -> None:
-        """Release the session (its graph and variables); `predict` fails afterwards."""
+        """Release the session (its graph and variables) and any TFLite interpreters;
+        `predict` fails afterwards."""
+        for lite in self._lite:
+            lite.close()
         self._session.close()
 
     def signature(self, name: str = SIGNATURE_NAME) -> Signature:
@@ -345,15 +366,14 @@ class LoadedModel:
         return count
 
 
-def _probe_inputs(sig: Signature) -> list[np.ndarray]:
-    """Fixed pseudo-random inputs for ``sig``, 3 rows where a dimension is free."""
+def _probe_inputs(sig: Signature) -> list[np.ndarray] | None:
+    """Fixed pseudo-random inputs for ``sig``, 3 rows where a dimension is free; None when an
+    input is not numeric or has an unknown rank."""
     rng = np.random.default_rng(0)
     out = []
-    for key, spec in sig.inputs.items():
+    for spec in sig.inputs.values():
         if spec.shape is None or spec.dtype.kind not in "fiu":
-            raise LoadError(
-                f"cannot probe input {key!r} ({spec.describe()}) to check a TFLite copy"
-            )
+            return None
         shape = [3 if d is None or d < 0 else d for d in spec.shape]
         values = rng.random(shape) if spec.dtype.kind == "f" else rng.integers(0, 2, shape)
         out.append(values.astype(spec.dtype))
@@ -464,7 +484,11 @@ def make_loader(*, prefer_tflite: bool = False) -> Loader:
 
     def load(path: Path, version: int) -> LoadedModel:
         model = LoadedModel.load(path, version, prefer_tflite=prefer_tflite)
-        n = model.run_warmup()
+        try:
+            n = model.run_warmup()
+        except BaseException:
+            model.close()
+            raise
         if n:
             log.info("version %d: ran %d warmup record(s)", version, n)
         return model

@@ -73,9 +73,16 @@ def test_tflite_gives_the_sessions_outputs(
     np.testing.assert_array_equal(got["class_names"], want["class_names"])
 
 
-def test_tflite_rejects_what_the_session_rejects(on_tflite: LoadedModel):
-    with pytest.raises(InvalidInput, match="images"):
-        on_tflite.predict({INPUT_KEY: np.zeros((2, 27, 28, 1), np.float32)})
+def test_tflite_rejects_what_the_session_rejects(
+    on_tensorflow: LoadedModel, on_tflite: LoadedModel
+):
+    bad = {INPUT_KEY: np.zeros((2, 27, 28, 1), np.float32)}
+    with pytest.raises(InvalidInput) as want:
+        on_tensorflow.predict(bad)
+    with pytest.raises(InvalidInput) as got:
+        on_tflite.predict(bad)
+    assert str(got.value) == str(want.value)
+    assert "images" in str(got.value)
 
 
 def test_concurrent_calls_each_get_their_own_answer(on_tflite: LoadedModel, images: np.ndarray):
@@ -188,3 +195,31 @@ def test_the_model_server_runs_the_tflite_copy_only_with_the_flag(
         assert _runtime_of(core._managers["fashion_mnist"]) == runtime
     finally:
         core.close()
+
+
+def test_close_releases_the_interpreters_and_predict_fails(model_base: Path, images: np.ndarray):
+    model = LoadedModel.load(model_base / "1", prefer_tflite=True)
+    assert model.predict({INPUT_KEY: images[:1]})[OUTPUT_PROBABILITIES].shape == (1, 10)
+    model.close()
+    with pytest.raises(RuntimeError, match="TFLite signature 'serving_default' is closed"):
+        model.predict({INPUT_KEY: images[:1]})
+
+
+def test_a_failing_check_closes_the_session(model_base: Path, monkeypatch):
+    import serving.savedmodel
+
+    closed: list[int] = []
+    real_close = LoadedModel.close
+
+    def recording_close(self: LoadedModel) -> None:
+        closed.append(self.version)
+        real_close(self)
+
+    def broken(*_args, **_kw):
+        raise TypeError("unexpected")
+
+    monkeypatch.setattr(LoadedModel, "close", recording_close)
+    monkeypatch.setattr(serving.savedmodel, "LiteSignature", broken)
+    with pytest.raises(TypeError, match="unexpected"):
+        LoadedModel.load(model_base / "1", prefer_tflite=True)
+    assert closed == [1]

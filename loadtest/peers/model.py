@@ -4,7 +4,7 @@
 - :class:`Model` loads the newest version under the model base dir with the project's own
   :class:`serving.savedmodel.LoadedModel` (the embedded gateway's loader) and runs
   ``serving_default`` on a stacked batch, on the version's ``model.tflite`` where there is one
-  (``GATEWAY_PREFER_TFLITE_MODEL``'s default), TensorFlow limited to one intra-op and one
+  unless ``GATEWAY_PREFER_TFLITE_MODEL`` turns it off (the gateway's setting, read the same way), TensorFlow limited to one intra-op and one
   inter-op thread per process as the gateway's workers are (``GATEWAY_TF_*_THREADS`` defaults);
 - :func:`predictions` turns ``[N, 10]`` probabilities into the gateway's prediction objects
   (``class_id``, ``label``, ``confidence``, ``probabilities``, rounded to 6 decimals).
@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from serving.contract import CLASS_NAMES, IMAGE_SIZE, MODEL_NAME, list_versions
+from serving.gateway.config import GatewayConfig
 from serving.preprocess import decode_image, to_batch
 from serving.savedmodel import LoadedModel
 
@@ -58,7 +59,10 @@ class Model:
             raise RuntimeError(f"no SavedModel version under {base_dir}")
         self.name = MODEL_NAME
         self.version = versions[-1]
-        self._loaded = LoadedModel.load(Path(base_dir) / str(self.version), prefer_tflite=True)
+        self._loaded = LoadedModel.load(
+            Path(base_dir) / str(self.version),
+            prefer_tflite=GatewayConfig.from_env().prefer_tflite_model,
+        )
         # Warm up before the server says it is ready, as the gateway does with the export's
         # warmup records (replaying those needs tensorflow-serving-api, not in the peer venvs).
         blank = np.zeros((IMAGE_SIZE, IMAGE_SIZE, 1), np.float32)

@@ -147,7 +147,11 @@ class ServerCore:
         try:
             model = LoadedModel.load(path, version, prefer_tflite=self.prefer_tflite)
             if self.enable_warmup:
-                n = model.run_warmup()
+                try:
+                    n = model.run_warmup()
+                except BaseException:
+                    model.close()
+                    raise
                 log.info("%s version %d: ran %d warmup record(s)", name, version, n)
         except Exception:  # counted here, reported by the ModelManager (state END + error)
             if self.metrics is not None:
