@@ -161,3 +161,30 @@ def test_version_labels_for_unavailable_models_flag():
     flag = "--allow_version_labels_for_unavailable_models"
     assert parse_args([*base, f"{flag}=true"]).allow_version_labels_for_unavailable_models is True
     assert parse_args([*base, flag]).allow_version_labels_for_unavailable_models is True
+
+
+def test_grpc_threads_must_be_positive(capsys):
+    assert parse_args(["--model_base_path=/m", "--grpc_max_threads=1"]).grpc_max_threads == 1
+    with pytest.raises(SystemExit) as exc:
+        parse_args(["--model_base_path=/m", "--grpc_max_threads=0"])
+    assert exc.value.code == 2
+    assert "--grpc_max_threads" in capsys.readouterr().err
+
+
+def test_the_grpc_pool_has_all_its_threads_from_the_start():
+    # A pool that grew on demand would add threads under load: a soak would see a "leak".
+    import threading
+
+    from serving.modelserver.grpc_service import prestarted_executor
+
+    before = {t.ident for t in threading.enumerate()}
+    executor = prestarted_executor(5)
+    try:
+        started = [t for t in threading.enumerate() if t.ident not in before]
+        assert len(started) == 5
+        assert all(t.name.startswith("grpc") for t in started)
+        for _ in range(50):
+            executor.submit(lambda: None).result()
+        assert len([t for t in threading.enumerate() if t.ident not in before]) == 5
+    finally:
+        executor.shutdown()

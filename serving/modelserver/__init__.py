@@ -47,7 +47,8 @@ outside a container (tensorflow_model_server ignores it there); ``--model_name``
 non-``/v1/`` REST paths answer a JSON 404; ``--rest_api_timeout_in_ms`` bounds only the wait in the batching queue
 (a running model call is not interrupted); a REST body over 64 MiB, or holding more than
 2,000,000 JSON arrays, is refused with 413 and ``{"error": ...}`` before it is read or
-parsed; number flags refuse ``inf``/``nan``. Extra flags: ``--grpc_max_threads``,
+parsed; number flags refuse ``inf``/``nan``. Extra flags: ``--grpc_max_threads`` (a fixed
+pool, all started with the server, as TF Serving's),
 ``--shutdown_grace_seconds``, ``--log_level``; the ``:convserve:modelserver:batch_size``
 histogram shows how requests were batched.
 """

@@ -10,6 +10,7 @@ INVALID_ARGUMENT, full batching queue UNAVAILABLE.
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from collections.abc import Callable
 from concurrent import futures
@@ -161,6 +162,22 @@ class ModelService(model_service_pb2_grpc.ModelServiceServicer):
         return self._observed.run("HandleReloadConfigRequest", "", context, run)
 
 
+def prestarted_executor(max_workers: int) -> futures.ThreadPoolExecutor:
+    """A thread pool with all ``max_workers`` threads running from the start.
+
+    `ThreadPoolExecutor` adds a thread whenever a call finds none idle, so its size would follow
+    the highest concurrency seen so far: a thread count that creeps up under load, which a soak
+    cannot tell from a leak. TF Serving's gRPC server has a fixed pool; so does this one.
+    """
+    executor = futures.ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="grpc")
+    if max_workers > 0:
+        all_busy = threading.Barrier(max_workers)
+        # Each task holds its thread until every thread exists, so each submit starts a new one.
+        for done in [executor.submit(all_busy.wait) for _ in range(max_workers)]:
+            done.result()
+    return executor
+
+
 def create_grpc_server(
     core: ServerCore,
     address: str,
@@ -170,7 +187,7 @@ def create_grpc_server(
 ) -> tuple[grpc.Server, int]:
     """A started-ready (not yet started) gRPC server on ``address``; returns (server, port)."""
     server = grpc.server(
-        futures.ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="grpc"),
+        prestarted_executor(max_workers),
         options=[
             ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
             ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
@@ -190,4 +207,4 @@ def create_grpc_server(
     return server, port
 
 
-__all__ = ["ModelService", "PredictionService", "create_grpc_server"]
+__all__ = ["ModelService", "PredictionService", "create_grpc_server", "prestarted_executor"]

@@ -139,7 +139,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--grpc_max_threads",
-        type=NON_NEGATIVE_INT,
+        type=POSITIVE_INT,
         default=32,
         help="gRPC worker threads (convserve extension; default 32)",
     )
