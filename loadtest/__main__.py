@@ -240,12 +240,15 @@ def _add_soak_parser(sub: Any) -> None:
         default=0.10,
         help="exit 1 if any process's RSS grows more than this fraction after warm-up (0.10)",
     )
-    for what in ("fd", "thread"):
+    for what, default in (
+        ("fd", soak_mod.SoakSettings.max_fd_growth),
+        ("thread", soak_mod.SoakSettings.max_thread_growth),
+    ):
         soak.add_argument(
             f"--max-{what}-growth",
             type=NON_NEGATIVE_INT,
-            default=0,
-            help=f"exit 1 if any process's {what} count grows by more than this (0)",
+            default=default,
+            help=f"exit 1 if any process's {what} count grows by more than this ({default})",
         )
     soak.add_argument(
         "--max-p99-ms", type=POSITIVE_FLOAT, default=None, help="exit 1 above this p99 (ms)"

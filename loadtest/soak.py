@@ -77,7 +77,10 @@ class SoakSettings:
     images: int = 1000
     max_rss_growth: float = 0.10
     max_fd_growth: int = 0
-    max_thread_growth: int = 0
+    # gRPC's C core sizes its own thread pool ("event_engine" threads, one "lifeguard" adding
+    # more while all are busy) and may keep a thread or two it added in a late burst; a leak of
+    # one per swap or per request grows far more than 2 over a soak.
+    max_thread_growth: int = 2
     max_p99_ms: float | None = None
     gateway_env: tuple[tuple[str, str], ...] = field(default=())
 
