@@ -478,19 +478,20 @@ class _Servable:
 Loader = Callable[[Path, int], LoadedModel]
 
 
-def make_loader(*, prefer_tflite: bool = False) -> Loader:
-    """A `ModelManager` loader: `LoadedModel.load` (``prefer_tflite`` passed on), then the
-    version's warmup records."""
+def make_loader(*, prefer_tflite: bool = False, warmup: bool = True) -> Loader:
+    """A `ModelManager` loader: `LoadedModel.load` (``prefer_tflite`` passed on), then, with
+    ``warmup``, the version's warmup records (a version whose warmup fails is closed)."""
 
     def load(path: Path, version: int) -> LoadedModel:
         model = LoadedModel.load(path, version, prefer_tflite=prefer_tflite)
+        if not warmup:
+            return model
         try:
             n = model.run_warmup()
         except BaseException:
             model.close()
             raise
-        if n:
-            log.info("version %d: ran %d warmup record(s)", version, n)
+        log.info("model at %s: version %d ran %d warmup record(s)", path.parent, version, n)
         return model
 
     return load

@@ -4,12 +4,14 @@
 - :class:`Model` loads the newest version under the model base dir with the project's own
   :class:`serving.savedmodel.LoadedModel` (the embedded gateway's loader) and runs
   ``serving_default`` on a stacked batch, on the version's ``model.tflite`` where there is one
-  unless ``GATEWAY_PREFER_TFLITE_MODEL`` turns it off (the gateway's setting, read the same way), TensorFlow limited to one intra-op and one
-  inter-op thread per process as the gateway's workers are (``GATEWAY_TF_*_THREADS`` defaults);
+  unless ``GATEWAY_PREFER_TFLITE_MODEL`` turns it off (the gateway's setting, read the same
+  way), TensorFlow limited to one intra-op and one inter-op thread per process as the
+  gateway's workers are (``GATEWAY_TF_*_THREADS`` defaults);
 - :func:`predictions` turns ``[N, 10]`` probabilities into the gateway's prediction objects
   (``class_id``, ``label``, ``confidence``, ``probabilities``, rounded to 6 decimals).
 
-Only numpy, Pillow, TensorFlow and LiteRT are needed (TensorFlow is imported when a model is loaded).
+Only numpy, Pillow, TensorFlow and LiteRT are needed (TensorFlow is imported when a model is
+loaded).
 """
 
 from __future__ import annotations

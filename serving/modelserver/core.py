@@ -31,6 +31,7 @@ from serving.savedmodel import (
     ModelError,
     ModelManager,
     ServableNotFound,
+    make_loader,
 )
 
 log = logging.getLogger(__name__)
@@ -116,7 +117,7 @@ class ServerCore:
         self.batching = batching
         self.metrics = metrics
         self.enable_warmup = enable_warmup
-        self.prefer_tflite = prefer_tflite
+        self._load_version = make_loader(prefer_tflite=prefer_tflite, warmup=enable_warmup)
         self._lock = threading.RLock()
         self._managers: dict[str, ModelManager] = {}
         self._base_paths: dict[str, str] = {}
@@ -145,14 +146,7 @@ class ServerCore:
 
     def _loader(self, name: str, path: Path, version: int) -> LoadedModel:
         try:
-            model = LoadedModel.load(path, version, prefer_tflite=self.prefer_tflite)
-            if self.enable_warmup:
-                try:
-                    n = model.run_warmup()
-                except BaseException:
-                    model.close()
-                    raise
-                log.info("%s version %d: ran %d warmup record(s)", name, version, n)
+            model = self._load_version(path, version)
         except Exception:  # counted here, reported by the ModelManager (state END + error)
             if self.metrics is not None:
                 self.metrics.model_loads.labels(name, "failure").inc()

@@ -170,11 +170,10 @@ def prestarted_executor(max_workers: int) -> futures.ThreadPoolExecutor:
     cannot tell from a leak. TF Serving's gRPC server has a fixed pool; so does this one.
     """
     executor = futures.ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="grpc")
-    if max_workers > 0:
-        all_busy = threading.Barrier(max_workers)
-        # Each task holds its thread until every thread exists, so each submit starts a new one.
-        for done in [executor.submit(all_busy.wait) for _ in range(max_workers)]:
-            done.result()
+    all_busy = threading.Barrier(max_workers)
+    # Each task holds its thread until every thread exists, so each submit starts a new one.
+    for done in [executor.submit(all_busy.wait) for _ in range(max_workers)]:
+        done.result()
     return executor
 
 
