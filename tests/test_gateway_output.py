@@ -12,9 +12,11 @@ import numpy as np
 import pytest
 
 from serving.backends import PredictResult
+from serving.contract import CLASS_NAMES
 from serving.gateway import create_app
 from serving.gateway.config import GatewayConfig
 from serving.gateway.errors import BACKEND_MESSAGES
+from serving.gateway.render import render_predictions
 from tests.support.fake_tfserving import fake_grpc_server, fake_rest_server
 from tests.support.gateway import FakeBackend
 
@@ -76,11 +78,39 @@ def test_finite_answers_still_render():
     assert status == 200 and len(body["predictions"]) == 1
 
 
+def _numpy_reference(probs: np.ndarray) -> list[dict]:
+    """The predictions as NumPy's argmax and rounding give them."""
+    probs = np.asarray(probs, np.float64)
+    ids = probs.argmax(axis=1)
+    rounded = np.round(probs, 6)
+    return [
+        {
+            "class_id": int(c),
+            "label": CLASS_NAMES[c],
+            "confidence": float(rounded[i, c]),
+            "probabilities": rounded[i].tolist(),
+        }
+        for i, c in enumerate(ids)
+    ]
+
+
+@pytest.mark.parametrize("rows", [1, 3, 64])
+def test_render_matches_numpy_argmax_and_rounding(rows):
+    rng = np.random.default_rng(rows)
+    probs = rng.dirichlet(np.ones(10), rows).astype(np.float32)
+    probs[0] = [0.05, 0.3, 0.05, 0.3, 0.05, 0.05, 0.05, 0.05, 0.05, 0.05]  # a tie: the first wins
+    body, ids = render_predictions("fashion_mnist", probs, 7)
+    doc = json.loads(body)
+    assert doc["model_name"] == "fashion_mnist" and doc["model_version"] == 7
+    assert doc["predictions"] == _numpy_reference(probs)
+    assert ids == probs.argmax(axis=1).tolist() and ids[0] == 1
+
+
 def _export_nan_model(base: Path) -> None:
     """A SavedModel with the export contract's signature whose probabilities are all NaN."""
     import tensorflow as tf  # slow to import: only this test needs it
 
-    from serving.contract import CLASS_NAMES, INPUT_KEY, OUTPUT_PROBABILITIES
+    from serving.contract import INPUT_KEY, OUTPUT_PROBABILITIES
 
     class NanModel(tf.Module):
         @tf.function(input_signature=[tf.TensorSpec([None, 28, 28, 1], tf.float32, INPUT_KEY)])

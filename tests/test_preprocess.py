@@ -348,6 +348,16 @@ def test_to_batch_stacks_in_order():
     assert [batch[i].max() for i in range(3)] == [0.0, np.float32(51) / 255, 1.0]
 
 
+def test_to_batch_without_range_check_still_checks_shapes():
+    out_of_range = np.full((28, 28, 1), 2.0, np.float32)
+    with pytest.raises(InvalidImage, match=r"batch values must be within \[0, 1\]"):
+        to_batch([out_of_range])
+    batch = to_batch([out_of_range], check_range=False)
+    assert batch.shape == (1, 28, 28, 1) and batch.max() == 2.0
+    with pytest.raises(InvalidImage, match=r"item 0 has shape \(28, 28\)"):
+        to_batch([np.zeros((28, 28), np.float32)], check_range=False)
+
+
 def test_to_batch_rejects_empty_and_wrong_shapes():
     with pytest.raises(InvalidImage, match="no images given"):
         to_batch([])

@@ -73,7 +73,8 @@ class Model:
 
     def probabilities(self, images: Sequence[np.ndarray]) -> np.ndarray:
         """``serving_default`` on decoded ``[28, 28, 1]`` images → ``[N, 10]`` probabilities."""
-        return self._loaded.predict({"images": to_batch(images)})["probabilities"]
+        batch = to_batch(images, check_range=False)  # decoded images, as the gateway's
+        return self._loaded.predict({"images": batch})["probabilities"]
 
     def classify(self, pngs: Sequence[bytes]) -> list[dict]:
         """Decode and classify encoded images, one prediction each, in order."""

@@ -16,22 +16,26 @@ JSON_TYPE = "application/json"
 _PROB_DECIMALS = 6
 
 
-def render_predictions(model_name: str, probabilities: np.ndarray, model_version: int) -> bytes:
-    """The ``/v1/predict`` body for a ``[N, 10]`` probability array (no per-float Python work).
+def render_predictions(
+    model_name: str, probabilities: np.ndarray, model_version: int
+) -> tuple[bytes, list[int]]:
+    """The ``/v1/predict`` body for a ``[N, 10]`` probability array, and each row's class id.
 
-    Probabilities are rounded to 6 decimals in NumPy and serialised by the C JSON encoder.
+    Probabilities are rounded to 6 decimals in NumPy and serialised by the C JSON encoder; the
+    class id is the first highest probability, as ``argmax`` picks it. The ids are found on
+    Python lists rather than with ``argmax`` and fancy indexing: those NumPy calls release the
+    GIL even for 10 numbers, and under a worker's concurrent threads each release is a thread
+    switch (docs/BENCHMARKS.md, "GIL releases").
     """
     probs = np.asarray(probabilities, dtype=np.float64)
-    ids = probs.argmax(axis=1)
-    rounded = np.round(probs, _PROB_DECIMALS)
-    conf = rounded[np.arange(len(ids)), ids].tolist()
-    rows = rounded.tolist()
+    rows = np.round(probs, _PROB_DECIMALS).tolist()
+    ids = [row.index(max(row)) for row in probs.tolist()]
     preds = [
-        {"class_id": c, "label": CLASS_NAMES[c], "confidence": p, "probabilities": r}
-        for c, p, r in zip(ids.tolist(), conf, rows, strict=True)
+        {"class_id": c, "label": CLASS_NAMES[c], "confidence": r[c], "probabilities": r}
+        for c, r in zip(ids, rows, strict=True)
     ]
     body = {"model_name": model_name, "model_version": int(model_version), "predictions": preds}
-    return json.dumps(body, separators=(",", ":"), allow_nan=False).encode()
+    return json.dumps(body, separators=(",", ":"), allow_nan=False).encode(), ids
 
 
 def json_response(body: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:
