@@ -291,6 +291,20 @@ def test_gateway_pipelined_and_chunked_requests_on_one_connection(gateway):
     assert out.endswith(b'{"status":"ok"}')
 
 
+def test_gateway_drops_a_body_the_app_did_not_read_before_the_next_request(gateway):
+    body = b"GET /v1/models HTTP/1.1\r\n\r\n"  # would read as a request if it were not dropped
+    with _connect(gateway.url) as s:
+        s.sendall(
+            b"POST /v1/predict HTTP/1.1\r\nHost: x\r\nContent-Type: text/plain\r\n"
+            + f"Content-Length: {len(body)}\r\n\r\n".encode()
+            + body
+            + b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+        )
+        out, _ = _read_until_closed(s, 5)
+    assert out.startswith(b"HTTP/1.1 415 "), out
+    assert out.count(b"HTTP/1.1 ") == 2 and out.endswith(b'{"status":"ok"}'), out
+
+
 # -- the model server's REST port --------------------------------------------------------------
 
 

@@ -298,15 +298,27 @@ class RequestBufferingWorker(GatewayWorker):
         return super().handle(conn)
 
     def _keepalive_after(self, conn: Any, keepalive: bool) -> bool:
-        """After an oversized body's 413, close instead of draining a body never wanted."""
+        """Whether the connection serves another request; after an oversized body's 413 it
+        closes instead of draining a body never wanted.
+
+        Any other body was in memory before the app ran, so what the app left of it is
+        dropped from the parser's buffer with no deadline: gthread's drain bounds socket reads
+        that cannot happen here, at a ``settimeout`` call (a syscall and a GIL release) per
+        request.
+        """
         if getattr(conn, "convserve_oversized", False):
             conn.convserve_oversized = False
             return False
-        return super()._keepalive_after(conn, keepalive)
+        return keepalive and bool(conn.parser.finish_body())
 
     def _read_available(self, conn: Any, pending: _Pending) -> bool:
-        """Append what the socket holds to ``pending.buf`` without blocking; True at EOF."""
-        conn.sock.setblocking(False)
+        """Append what the socket holds to ``pending.buf`` without blocking; True at EOF.
+
+        A read shorter than asked for took what the kernel held, so there is no second read
+        to learn that (the request is checked next; an incomplete one waits on the poller).
+        """
+        if conn.sock.gettimeout() != 0.0:  # keep-alive connections come back non-blocking
+            conn.sock.setblocking(False)
         while len(pending.buf) <= self.max_buffer:
             try:
                 data = conn.sock.recv(_READ_CHUNK)
@@ -315,6 +327,8 @@ class RequestBufferingWorker(GatewayWorker):
             if not data:
                 return True
             pending.buf += data
+            if len(data) < _READ_CHUNK:
+                return False
         return False
 
     def _refuse(self, conn: Any) -> None:
