@@ -1,5 +1,6 @@
-"""convserve load tests: ``python -m loadtest run`` (one Locust run), ``compare`` (all rows) and
-``soak`` (sustained load with resource growth checks).
+"""convserve load tests: ``python -m loadtest run`` (one Locust run), ``compare`` (all rows),
+``soak`` (sustained load with resource growth checks) and ``paired`` (an A/B of two
+configurations loaded at the same time).
 
 Usage::
 
@@ -16,18 +17,21 @@ Usage::
     # 10 minutes at 80% of the measured peak, a new model version every 30 s; growth checks
     python -m loadtest soak --model-dir models/fashion_mnist --backend grpc --fraction 0.8 \
         --duration 10m --swap-every 30 --out runs/soak
+    # A/B: both loaded at the same time, 3 rounds; B's server CPU per request over A's
+    python -m loadtest paired --a GATEWAY_BATCH_TIMEOUT_MS=2 --b GATEWAY_BATCH_TIMEOUT_MS=5
 
 ``run`` writes Locust's CSVs and HTML report, ``summary.json``, ``checks.json`` and
 ``timeline.png`` into ``--out``. ``compare`` writes one such folder per row plus
 ``compare.json``, ``compare.md`` and ``compare.png``, and prints the markdown table.
 ``soak`` writes ``peak/`` and ``load/`` (run's artefacts), ``samples.json``, ``resources.png``
-and ``soak.json`` (see `loadtest.soak`).
+and ``soak.json`` (see `loadtest.soak`). ``paired`` writes each round's run artefacts,
+``paired.json`` and ``paired.md`` (see `loadtest.paired`).
 
 Images are the Fashion-MNIST test set when ``FASHION_MNIST_DIR`` is set (answers are then also
 compared with the dataset labels: ``wrong_labels``), else a small generated set (no labels).
 
 Exit codes: 0 done (thresholds met); 1 a threshold was crossed (``run``, ``soak``: a failed
-request, resource growth) or a row failed or had failed requests (``compare``); 2 bad arguments
+request, resource growth) or a row failed or had failed requests (``compare``, ``paired``); 2 bad arguments
 or an unreachable host; 3 Locust itself failed (or, ``soak``, a server did not start).
 """
 
@@ -42,9 +46,10 @@ from pathlib import Path
 from typing import Any
 
 from loadtest import compare
+from loadtest import paired as paired_mod
 from loadtest import soak as soak_mod
 from loadtest.run import LoadSpec, LoadTestError, Unreachable, parse_duration, run_load
-from loadtest.servers import StartError
+from loadtest.servers import ROOT, StartError
 from loadtest.targets import PAYLOADS, TARGETS
 from serving.cli_numbers import (
     NON_NEGATIVE_FLOAT,
@@ -180,7 +185,42 @@ def build_parser() -> argparse.ArgumentParser:
         "--list", action="store_true", help="list the rows and whether each can run, then exit"
     )
     _add_soak_parser(sub)
+    _add_paired_parser(sub)
     return parser
+
+
+def _add_paired_parser(sub: Any) -> None:
+    paired = sub.add_parser(
+        "paired",
+        help="A/B: two configurations loaded at the same time, B's CPU per request over A's",
+        description="Start two configurations of the gateway (or the Flask floor), each with "
+        "its own GATEWAY_* settings and checkout, and load both at the same time in each round, "
+        "so that both see the same machine; report B's server CPU per request over A's.",
+    )
+    paired.add_argument("--server", choices=paired_mod.SERVERS, default="gateway", help="(gateway)")
+    paired.add_argument(
+        "--model-dir",
+        type=Path,
+        default=Path("models/fashion_mnist"),
+        help="exported model base dir for the gateway (models/fashion_mnist)",
+    )
+    for side in ("a", "b"):
+        paired.add_argument(
+            f"--{side}",
+            nargs="+",
+            default=[],
+            metavar="GATEWAY_NAME=value",
+            help=f"settings of side {side.upper()} (on top of the caller's GATEWAY_* variables)",
+        )
+        paired.add_argument(
+            f"--{side}-checkout",
+            type=Path,
+            default=None,
+            help=f"the checkout side {side.upper()} runs from (default: this one)",
+        )
+    _add_load_args(paired, users=32, duration="15s")
+    paired.add_argument("--rounds", type=POSITIVE_INT, default=3, help="rounds (3)")
+    paired.add_argument("--out", type=Path, default=Path("runs/paired"), help="artefacts folder")
 
 
 def _add_soak_parser(sub: Any) -> None:
@@ -377,12 +417,56 @@ def _soak(args: argparse.Namespace) -> int:
     return EXIT_THRESHOLD if result.crossed else EXIT_OK
 
 
+def _paired(args: argparse.Namespace) -> int:
+    if args.processes != 1:
+        print(
+            "loadtest paired: error: --processes must be 1 (one Locust per side)", file=sys.stderr
+        )
+        return EXIT_USAGE
+    try:
+        sides = tuple(
+            paired_mod.Side(
+                name,
+                paired_mod.parse_assignments(getattr(args, name)),
+                paired_mod.check_checkout(getattr(args, f"{name}_checkout") or ROOT),
+            )
+            for name in ("a", "b")
+        )
+        settings = paired_mod.PairedSettings(
+            server=args.server,
+            model_dir=args.model_dir.resolve(),
+            out=args.out,
+            sides=sides,  # type: ignore[arg-type]
+            users=args.users,
+            spawn_rate=args.spawn_rate or float(args.users),
+            duration=args.duration,
+            images=args.images,
+            rounds=args.rounds,
+            base_env=tuple(sorted(compare.gateway_env_from(dict(os.environ), None, None).items())),
+        )
+        settings.validate()
+    except ValueError as exc:
+        print(f"loadtest paired: error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    try:
+        report = paired_mod.run_paired(settings)
+    except (LoadTestError, StartError) as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        print(f"loadtest paired: error: {first}", file=sys.stderr)
+        return EXIT_LOCUST
+    print(paired_mod.markdown(report))
+    if report["failures"]:
+        print(f"loadtest paired: {report['failures']} failed requests", file=sys.stderr)
+        return EXIT_THRESHOLD
+    return EXIT_OK
+
+
 def main(argv: list[str] | None = None) -> int:
     """Parse the command line and run the subcommand; returns the exit code."""
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    commands = {"run": _run, "compare": _compare, "soak": _soak}
+    commands = {"run": _run, "compare": _compare, "soak": _soak, "paired": _paired}
     return commands[args.command](args)
 
 

@@ -21,11 +21,12 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any
 
 from loadtest.registry import Configuration, Context, Entry
-from loadtest.servers import Server, start_gunicorn_app
+from loadtest.servers import ROOT, Server, start_gunicorn_app
 from serving.contract import CLASS_NAMES, MODEL_NAME
 
 #: The fixed answer: one confident "Ankle boot", as the gateway would render it.
@@ -89,15 +90,24 @@ def wsgi_app(environ: dict, start_response: Callable[..., Any]) -> Iterable[byte
 
 
 def start_floor(
-    name: str, *, env: Mapping[str, str] | None = None, timeout: float = 60.0
+    name: str,
+    *,
+    env: Mapping[str, str] | None = None,
+    timeout: float = 60.0,
+    cwd: str | os.PathLike[str] = ROOT,
 ) -> Server:
-    """Start floor ``name`` under the gateway's gunicorn settings (``GATEWAY_*`` from ``env``)."""
+    """Start floor ``name`` under the gateway's gunicorn settings (``GATEWAY_*`` from ``env``),
+    from the checkout ``cwd``."""
     try:
         spec = FLOORS[name]
     except KeyError:
         raise KeyError(f"unknown floor {name!r} (known: {', '.join(FLOORS)})") from None
     return start_gunicorn_app(
-        f"floor-{name}", spec, env={"GATEWAY_LOG_LEVEL": "WARNING", **(env or {})}, timeout=timeout
+        f"floor-{name}",
+        spec,
+        env={"GATEWAY_LOG_LEVEL": "WARNING", **(env or {})},
+        timeout=timeout,
+        cwd=cwd,
     )
 
 

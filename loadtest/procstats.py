@@ -90,6 +90,11 @@ def cpu_seconds(pid: int) -> float | None:
     return None if fields is None else sum(int(f) for f in fields[11:15]) / _CLOCK_TICKS
 
 
+def tree_cpu_seconds(pid: int) -> float:
+    """`cpu_seconds` of ``pid`` and of every process below it (0 for those already gone)."""
+    return sum(c for p in (pid, *descendants(pid)) if (c := cpu_seconds(p)) is not None)
+
+
 class CpuMeter:
     """CPU seconds spent during a ``with`` block by this process's live descendants
     (``servers_s``) and by its children reaped within it (``reaped_s``, from ``os.times``).

@@ -294,12 +294,14 @@ def start_gateway(
     wait: bool = True,
     timeout: float = 90.0,
     name: str = "gateway",
+    cwd: str | os.PathLike[str] = ROOT,
 ) -> Server:
     """``python -m serving.gateway`` (gunicorn) with ``GATEWAY_BACKEND=backend``, ready on /readyz.
 
     Inherited ``GATEWAY_*`` variables are dropped; settings come from ``env`` (GATEWAY_*),
     ``workers`` and ``threads``. ``PROMETHEUS_MULTIPROC_DIR`` is a fresh directory
     (``server.metrics_dir``). With ``wait=False`` it returns as soon as the process started.
+    ``cwd`` is where it runs, so another checkout of the project runs its own code.
     """
     port = port if port is not None else free_port()
     workdir = Path(tempfile.mkdtemp(prefix=f"convserve-{name}-"))
@@ -316,6 +318,7 @@ def start_gateway(
         strip_env_prefixes=("GATEWAY_",),
         metrics_dir=workdir / "metrics",
         workdir=workdir,
+        cwd=cwd,
     )
 
 
@@ -329,12 +332,13 @@ def start_gunicorn_app(
     port: int | None = None,
     ready_path: str = "/readyz",
     timeout: float = 60.0,
+    cwd: str | os.PathLike[str] = ROOT,
 ) -> Server:
     """Any WSGI app (``"module:factory()"``) under the gateway's exact gunicorn settings.
 
     For the floors: the same worker class, workers, threads and timeouts as the gateway
     (``serving/gateway/gunicorn_conf.py``, ``GATEWAY_*`` from ``env``), a different app.
-    Ready when ``GET ready_path`` answers 200.
+    Ready when ``GET ready_path`` answers 200. ``cwd``: as for `start_gateway`.
     """
     port = port if port is not None else free_port()
     workdir = Path(tempfile.mkdtemp(prefix=f"convserve-{name}-"))
@@ -349,4 +353,5 @@ def start_gunicorn_app(
         strip_env_prefixes=("GATEWAY_",),
         metrics_dir=workdir / "metrics",
         workdir=workdir,
+        cwd=cwd,
     )
