@@ -302,6 +302,12 @@ def _add_soak_parser(sub: Any) -> None:
     soak.add_argument("--out", type=Path, default=Path("runs/soak"), help="artefacts folder")
 
 
+def _first_line(exc: BaseException) -> str:
+    """The first line of an error's message (a server's log can follow it), or its type."""
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
 def _run(args: argparse.Namespace) -> int:
     extra = ("--peer", args.peer) if args.peer else ()
     spec = LoadSpec(
@@ -401,8 +407,7 @@ def _soak(args: argparse.Namespace) -> int:
     try:
         result = soak_mod.run_soak(settings)
     except (LoadTestError, StartError) as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        print(f"loadtest soak: error: {first}", file=sys.stderr)
+        print(f"loadtest soak: error: {_first_line(exc)}", file=sys.stderr)
         return EXIT_LOCUST
     except ValueError as exc:  # e.g. too few samples after the warm-up
         print(f"loadtest soak: error: {exc}", file=sys.stderr)
@@ -451,8 +456,7 @@ def _paired(args: argparse.Namespace) -> int:
     try:
         report = paired_mod.run_paired(settings)
     except (LoadTestError, StartError) as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        print(f"loadtest paired: error: {first}", file=sys.stderr)
+        print(f"loadtest paired: error: {_first_line(exc)}", file=sys.stderr)
         return EXIT_LOCUST
     print(paired_mod.markdown(report))
     if report["failures"]:
