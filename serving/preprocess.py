@@ -46,7 +46,9 @@ least 0.6 over at least 64 partly transparent pixels, `matted_on_white`) is conv
 colour's darkness as the intensity wherever alpha is not 0.
 
 An image that is already 28x28 and single-channel grayscale is taken to be in the dataset's form
-and only scaled (value / 255): no trim, resize, sharpening or negation.
+and only scaled (value / 255): no trim, resize, sharpening or negation. The commonest such
+input, a plain 28x28 8-bit grayscale PNG, is read by `serving.dataset_png` (the same pixels,
+without Pillow's plugin machinery).
 
 Example::
 
@@ -81,6 +83,7 @@ from PIL import (
 )
 
 from serving.contract import IMAGE_SIZE
+from serving.dataset_png import read_dataset_png
 
 __all__ = [
     "LUMA",
@@ -354,6 +357,9 @@ def decode_image(data: bytes, *, max_pixels: int = MAX_PIXELS) -> np.ndarray:
     (checked before decoding), :class:`InvalidImage` for anything that is not a readable
     PNG, JPEG, WebP, GIF or BMP.
     """
+    pixels = read_dataset_png(data) if max_pixels >= IMAGE_SIZE * IMAGE_SIZE else None
+    if pixels is not None:  # the dataset's own form, read without Pillow's plugin machinery
+        return _SCALE_LUT[pixels].reshape(IMAGE_SIZE, IMAGE_SIZE, 1)
     img = _open(data, max_pixels)
     try:
         gray, source_gray = _load_gray(img)
