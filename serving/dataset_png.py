@@ -76,9 +76,11 @@ def read_dataset_png(data: bytes) -> np.ndarray | None:
     compressed = _image_data(data)
     if compressed is None:
         return None
+    # The image memory Pillow's PNG plugin decodes into (core.new: zeroed, without the fill
+    # pass of Image.new's default colour, which releases the GIL), and its "zip" decoder.
+    image = Image.new("L", _SIZE, None)
     try:
-        # Pillow's "zip" decoder is the one its PNG plugin loads IDAT data with.
-        image = Image.frombytes("L", _SIZE, compressed, "zip", "L")
-    except ValueError:  # corrupt or short image data
+        image.frombytes(compressed, "zip", "L")
+    except ValueError:  # corrupt image data
         return None
     return np.frombuffer(image.tobytes(), dtype=np.uint8).reshape(_SIZE)

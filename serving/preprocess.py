@@ -419,10 +419,34 @@ def to_batch(items: Sequence[np.ndarray], *, check_range: bool = True) -> np.nda
     values outside [0, 1] (NaN included). ``check_range=False`` skips that last check, for
     items that come from :func:`decode_image` or :func:`array_to_input` (in range by
     construction): it is two passes over the batch, and each NumPy reduction releases the GIL,
-    which costs a thread switch per call in a server with many busy threads.
+    which costs a thread switch per call in a server with many busy threads. For the same
+    reason a single float32 item is not copied: the batch is a view of it.
     """
     if len(items) == 0:
         raise InvalidImage("no images given")
+    if len(items) == 1 and _is_input(items[0]):
+        batch = items[0].reshape(1, IMAGE_SIZE, IMAGE_SIZE, 1)  # a view: no copy to make
+    else:
+        batch = _stacked(items)
+    # One pass over the whole batch (NaN fails both comparisons).
+    if check_range and not (batch.min() >= 0.0 and batch.max() <= 1.0):
+        raise InvalidImage(
+            "batch values must be within [0, 1]; use decode_image() or array_to_input()"
+        )
+    return batch
+
+
+def _is_input(item: object) -> bool:
+    """Already a C-contiguous float32 ``[28, 28, 1]`` array, as `decode_image` returns."""
+    return (
+        isinstance(item, np.ndarray)
+        and item.dtype == np.float32
+        and item.shape == (IMAGE_SIZE, IMAGE_SIZE, 1)
+        and item.flags.c_contiguous
+    )
+
+
+def _stacked(items: Sequence[np.ndarray]) -> np.ndarray:
     batch = np.empty((len(items), IMAGE_SIZE, IMAGE_SIZE, 1), dtype=np.float32)
     for i, item in enumerate(items):
         try:
@@ -438,9 +462,4 @@ def to_batch(items: Sequence[np.ndarray], *, check_range: bool = True) -> np.nda
             batch[i] = item
         except (TypeError, ValueError, OverflowError):
             raise InvalidImage(f"item {i} does not hold numbers") from None
-    # One pass over the whole batch (NaN fails both comparisons).
-    if check_range and not (batch.min() >= 0.0 and batch.max() <= 1.0):
-        raise InvalidImage(
-            "batch values must be within [0, 1]; use decode_image() or array_to_input()"
-        )
     return batch

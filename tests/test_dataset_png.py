@@ -95,6 +95,16 @@ def test_mixed_filters_split_image_data_and_inert_chunks(pixels):
     np.testing.assert_array_equal(decode_image(data)[..., 0] * 255, pixels.astype(np.float32))
 
 
+def test_image_data_short_of_the_header_reads_as_pillow_reads_it(pixels):
+    """A stream that ends after 27 rows of a 28-row image: Pillow leaves the last row 0."""
+    raw = filtered(pixels[:27], [UP] * 27)
+    data = SIGNATURE + ihdr() + chunk(b"IDAT", zlib.compress(raw)) + chunk(b"IEND", b"")
+    out = read_dataset_png(data)
+    np.testing.assert_array_equal(out, pillow_pixels(data))
+    np.testing.assert_array_equal(out[:27], pixels[:27])
+    assert not out[27].any()
+
+
 def test_pillow_encoded_images_and_decode_image_agree_with_the_general_path():
     """Pillow's encoder picks filters per row; decode_image's answer is the general path's."""
     for pixels in generated_pixels(count=40, seed=3):

@@ -348,6 +348,25 @@ def test_to_batch_stacks_in_order():
     assert [batch[i].max() for i in range(3)] == [0.0, np.float32(51) / 255, 1.0]
 
 
+def test_to_batch_of_one_float32_input_is_a_view_and_anything_else_a_float32_copy():
+    item = array_to_input(np.full((28, 28), 51))
+    batch = to_batch([item])
+    assert batch.shape == (1, 28, 28, 1) and batch.dtype == np.float32
+    assert batch.flags.c_contiguous and np.shares_memory(batch, item)
+    np.testing.assert_array_equal(batch[0], item)
+    # float64, a non-contiguous float32 array and nested lists are converted into a new batch
+    others = [
+        item.astype(np.float64),
+        np.asfortranarray(np.full((28, 28, 1), 0.2, np.float32)),
+        np.full((28, 28, 1), 0.2).tolist(),
+    ]
+    for other in others:
+        copied = to_batch([other])
+        assert copied.shape == (1, 28, 28, 1) and copied.dtype == np.float32
+        assert copied.flags.c_contiguous and not np.shares_memory(copied, other)
+        np.testing.assert_array_equal(copied[0], np.asarray(other, np.float32))
+
+
 def test_to_batch_without_range_check_still_checks_shapes():
     out_of_range = np.full((28, 28, 1), 2.0, np.float32)
     with pytest.raises(InvalidImage, match=r"batch values must be within \[0, 1\]"):
