@@ -20,7 +20,9 @@ import pytest
 import requests
 
 from loadtest.servers import Server, free_port, http_ok, start_gateway
+from serving.gateway import slow_clients
 from serving.gateway.slow_clients import request_complete
+from serving.gateway.worker import GatewayWorker
 
 PNG_HEAD = b"\x89PNG\r\n\x1a\n"
 CLIENT_TIMEOUT = 2.0
@@ -144,6 +146,64 @@ def _served_quickly(url: str, n: int = 5) -> float:
 )
 def test_request_complete(data, complete):
     assert request_complete(data, MAX_BODY).complete is complete
+
+
+def test_client_socket_skips_only_mode_changes_that_change_nothing(monkeypatch):
+    """The worker's client sockets: a mode change that changes nothing makes no syscall; every
+    other one is made, so the socket's real mode is always the one asked for."""
+    calls: list[tuple[str, object]] = []
+    for name in ("setblocking", "settimeout"):
+        real = getattr(socket.socket, name)
+
+        def counted(self, value, _real=real, _name=name):
+            calls.append((_name, value))
+            return _real(self, value)
+
+        monkeypatch.setattr(socket.socket, name, counted)
+    a, b = socket.socketpair()
+    with a, b:
+        sock = slow_clients._ClientSocket(fileno=a.detach())
+        with sock:
+            assert sock.gettimeout() is None
+            sock.setblocking(True)
+            sock.settimeout(None)
+            assert calls == []
+            sock.setblocking(False)
+            with pytest.raises(BlockingIOError):
+                sock.recv(1)  # really non-blocking
+            sock.setblocking(False)
+            sock.settimeout(0.05)
+            with pytest.raises(TimeoutError):
+                sock.recv(1)
+            sock.settimeout(0.05)
+            sock.setblocking(True)
+            assert calls == [("setblocking", False), ("settimeout", 0.05), ("setblocking", True)]
+            assert sock.gettimeout() is None
+            b.sendall(b"x")
+            assert sock.recv(1, socket.MSG_DONTWAIT) == b"x"
+            with pytest.raises(BlockingIOError):  # blocking socket, non-blocking read
+                sock.recv(1, socket.MSG_DONTWAIT)
+
+
+def test_worker_heartbeat_runs_at_most_once_per_interval(monkeypatch):
+    """The heartbeat file is touched at most once a second, or four times per worker timeout."""
+    clock = [1000.0]
+    monkeypatch.setattr("serving.gateway.worker.time.monotonic", lambda: clock[0])
+    beats: list[float] = []
+    worker = GatewayWorker.__new__(GatewayWorker)  # no gunicorn arbiter needed for notify()
+    worker.tmp = type("Tmp", (), {"notify": lambda self: beats.append(clock[0])})()
+    worker.timeout = 15
+    for _ in range(3):
+        worker.notify()
+    clock[0] += 0.99
+    worker.notify()
+    clock[0] += 0.01
+    worker.notify()
+    assert beats == [1000.0, 1001.0]
+    worker.timeout = 1  # --timeout 2: the master allows 2 s, the worker beats every 0.25 s
+    clock[0] += 0.25
+    worker.notify()
+    assert beats == [1000.0, 1001.0, 1001.25]
 
 
 def test_request_complete_flags_expect_continue_and_oversized_bodies():

@@ -23,18 +23,29 @@ gthread's event loop and pool but changes what a pool thread does with a connect
 
 A body declared larger than ``GATEWAY_MAX_BODY_BYTES`` is not buffered: the request goes to the
 app after its headers, which answers 413 from the ``Content-Length`` header without reading it.
-``Expect: 100-continue`` is answered here (the client then sends its body). This module is
-imported by gunicorn's master (it names the worker class), so it imports neither Flask nor
-prometheus-client.
+``Expect: 100-continue`` is answered here (the client then sends its body).
+
+A client socket stays in blocking mode for its whole life (the answer is written with blocking
+``sendall``); reads that must not wait pass ``MSG_DONTWAIT`` instead. gthread switches a socket
+to non-blocking before each wait on its poller and back in the pool thread, and gunicorn's
+parser resets the socket's timeout each time it looks for an unread body: with the body in
+memory none of that does anything here, and each call is a syscall and a GIL release, four per
+request (docs/BENCHMARKS.md). So the worker leaves the mode alone, `_ClientSocket` skips a mode
+change that changes nothing, and what the app left of a body is dropped from memory.
+
+This module is imported by gunicorn's master (it names the worker class), so it imports neither
+Flask nor prometheus-client.
 """
 
 from __future__ import annotations
 
 import contextlib
 import json
+import selectors
 import socket
 import threading
 import time
+from functools import partial
 from typing import Any, NamedTuple
 
 from gunicorn.workers import gthread
@@ -176,11 +187,25 @@ class _Pending:
         self.continued = False
 
 
+class _ClientSocket(socket.socket):
+    """A client socket whose ``setblocking``/``settimeout`` skip the syscall (and the GIL
+    release) when the socket is in that mode already; the mode itself is never faked."""
+
+    __slots__ = ()
+
+    def setblocking(self, flag: bool) -> None:
+        if self.gettimeout() != (None if flag else 0.0):
+            super().setblocking(flag)
+
+    def settimeout(self, value: float | None) -> None:
+        if self.gettimeout() != value:
+            super().settimeout(value)
+
+
 def _send_quietly(sock: Any, data: bytes) -> bool:
     """Send a short answer without blocking (it fits any socket buffer); False if it failed."""
     try:
-        sock.setblocking(False)
-        sock.send(data)
+        sock.send(data, socket.MSG_DONTWAIT)
     except OSError:
         return False
     return True
@@ -196,8 +221,7 @@ def _close_now(sock: Any) -> None:
     """
     with contextlib.suppress(OSError):
         sock.shutdown(socket.SHUT_WR)
-        sock.setblocking(False)
-        while sock.recv(65536):
+        while sock.recv(65536, socket.MSG_DONTWAIT):
             pass
     with contextlib.suppress(OSError):
         sock.close()
@@ -224,6 +248,12 @@ class RequestBufferingWorker(GatewayWorker):
         # its graceful stop would then close the backend under them (tests/test_faults.py).
         self._serving = 0
         self._serving_done = threading.Condition()
+
+    def enqueue_req(self, conn: Any) -> None:
+        """gthread's hand-off to the pool, with a new connection's socket as `_ClientSocket`."""
+        if type(conn.sock) is socket.socket:
+            conn.sock = _ClientSocket(fileno=conn.sock.detach())
+        super().enqueue_req(conn)
 
     def handle(self, conn: Any) -> Any:
         """Serve the connection's request if it is all there, else give the connection back."""
@@ -301,15 +331,30 @@ class RequestBufferingWorker(GatewayWorker):
         """Whether the connection serves another request; after an oversized body's 413 it
         closes instead of draining a body never wanted.
 
-        Any other body was in memory before the app ran, so what the app left of it is
-        dropped from the parser's buffer with no deadline: gthread's drain bounds socket reads
-        that cannot happen here, at a ``settimeout`` call (a syscall and a GIL release) per
-        request.
+        Any other body was in memory before the app ran, so what the app left of it is read
+        from the parser's buffer here, not by gunicorn's ``finish_body``, which resets the
+        socket's timeout around its reads (now, and again before the next request): reads
+        that cannot reach the socket here. A body that fails to parse closes the connection.
         """
         if getattr(conn, "convserve_oversized", False):
             conn.convserve_oversized = False
             return False
-        return keepalive and bool(conn.parser.finish_body())
+        if not keepalive:
+            return False
+        parser = conn.parser
+        body = getattr(parser.mesg, "body", None)
+        if body is not None:
+            try:
+                while body.read(_READ_CHUNK):
+                    pass
+            except (
+                Exception
+            ):  # a malformed chunk or trailer: where the next request starts is unknown
+                return False
+            if getattr(body, "failed", False) is True:
+                return False
+        parser.mesg = None  # drained: nothing for the parser to drain before the next request
+        return True
 
     def _read_available(self, conn: Any, pending: _Pending) -> bool:
         """Append what the socket holds to ``pending.buf`` without blocking; True at EOF.
@@ -317,11 +362,9 @@ class RequestBufferingWorker(GatewayWorker):
         A read shorter than asked for took what the kernel held, so there is no second read
         to learn that (the request is checked next; an incomplete one waits on the poller).
         """
-        if conn.sock.gettimeout() != 0.0:  # keep-alive connections come back non-blocking
-            conn.sock.setblocking(False)
         while len(pending.buf) <= self.max_buffer:
             try:
-                data = conn.sock.recv(_READ_CHUNK)
+                data = conn.sock.recv(_READ_CHUNK, socket.MSG_DONTWAIT)
             except (BlockingIOError, InterruptedError):
                 return False
             if not data:
@@ -344,11 +387,45 @@ class RequestBufferingWorker(GatewayWorker):
             _send_quietly(conn.sock, _timeout_response(self.client_timeout))
 
     def finish_request(self, conn: Any, fs: Any) -> None:
-        """gthread's bookkeeping; a deferred request keeps its own deadline (not keep-alive's)."""
-        super().finish_request(conn, fs)
-        pending = getattr(conn, "convserve_pending", None)
-        if pending is not None:
-            conn.timeout = pending.deadline
+        """gthread's (gunicorn 27) bookkeeping on the event loop, with the socket left in
+        blocking mode on the poller (module docstring); a deferred request keeps its own
+        deadline, not keep-alive's."""
+        try:
+            result = fs.result() if not fs.cancelled() else False
+            if result is gthread._DEFER and self.alive:
+                pending = getattr(conn, "convserve_pending", None)
+                conn.timeout = (
+                    pending.deadline
+                    if pending is not None
+                    else time.monotonic() + self.cfg.keepalive
+                )
+                self.pending_conns.append(conn)
+                self.poller.register(
+                    conn.sock,
+                    selectors.EVENT_READ,
+                    partial(self.on_pending_socket_readable, conn),
+                )
+            elif result:
+                if conn.parser.unreader.buf.getvalue():
+                    self.enqueue_req(conn)  # the next request is in memory already (pipelined)
+                    return
+                conn.set_timeout()
+                if not self.alive:  # stopping: keep it briefly, to answer "Connection: close"
+                    conn.timeout = min(
+                        conn.timeout, time.monotonic() + gthread.STOP_KEEPALIVE_LINGER
+                    )
+                self.keepalived_conns.append(conn)
+                self.poller.register(
+                    conn.sock,
+                    selectors.EVENT_READ,
+                    partial(self.on_client_socket_readable, conn),
+                )
+            else:
+                self.nr_conns -= 1
+                conn.close(graceful=True)
+        except Exception:
+            self.nr_conns -= 1
+            conn.close()
 
     def murder_pending(self) -> None:
         """Close deferred connections past their deadline (408 if a request was started).

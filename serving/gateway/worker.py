@@ -8,6 +8,10 @@ worker exits. `GatewayWorker` closes its listening sockets the moment it stops a
 new connections are refused at once (clients and load balancers go elsewhere) while requests
 in flight complete. ``tests/test_faults.py`` holds this.
 
+Its heartbeat to the master (touching a file) runs at most once a second, instead of on every
+pass of the event loop, i.e. about every other request under load: each is a syscall and a GIL
+release, and the master only needs one within ``--timeout`` (30 s by default).
+
 It also starts all of its pool's threads at once: ``ThreadPoolExecutor`` starts them one at a
 time, when a request finds none idle, so a worker's thread count rose whenever its concurrency
 reached a new high. With the count fixed from the start, a rising count means a leak
@@ -17,6 +21,7 @@ reached a new high. With the count fixed from the start, a rising count means a 
 from __future__ import annotations
 
 import threading
+import time
 from concurrent import futures
 
 from gunicorn.workers.gthread import ThreadWorker
@@ -26,6 +31,15 @@ __all__ = ["GatewayWorker"]
 
 class GatewayWorker(ThreadWorker):
     """gunicorn's ``gthread`` worker, closing its listeners when a graceful stop begins."""
+
+    _last_notify = float("-inf")
+
+    def notify(self) -> None:
+        """The heartbeat, at most every second (and at least four times per ``timeout``)."""
+        now = time.monotonic()
+        if now - self._last_notify >= min(1.0, self.timeout / 4):
+            self._last_notify = now
+            super().notify()
 
     def get_thread_pool(self) -> futures.ThreadPoolExecutor:
         """gthread's pool, with every one of its ``threads`` threads already started."""
