@@ -182,6 +182,13 @@ def build_parser() -> argparse.ArgumentParser:
         "--threads", type=POSITIVE_INT, default=None, help="GATEWAY_THREADS of gateway and floors"
     )
     cmp_.add_argument(
+        "--rounds",
+        type=POSITIVE_INT,
+        default=1,
+        help="run the whole sequence this many times; the table and the targets' verdict are "
+        "medians over the rounds (1)",
+    )
+    cmp_.add_argument(
         "--list", action="store_true", help="list the rows and whether each can run, then exit"
     )
     _add_soak_parser(sub)
@@ -368,6 +375,7 @@ def _compare(args: argparse.Namespace) -> int:
         images=args.images,
         processes=args.processes,
         gateway_env=tuple(sorted(env.items())),
+        rounds=args.rounds,
     )
     rows = compare.run_compare(entries, settings)
     print(compare.write_report(rows, settings))

@@ -8,8 +8,15 @@ plug-in modules in `PLUGINS`, each exporting ``configurations() -> list[Entry]``
 cannot run (a peer whose venv is absent) is reported as skipped with the reason and the
 command that fixes it; a row that fails to start or to load is reported as an error.
 
-Artefacts in ``out``: one folder per row (the `loadtest.run` artefacts), ``compare.json``
-(settings and rows), ``compare.md`` (the table printed to stdout) and ``compare.png`` (bars).
+With ``rounds`` > 1 the whole sequence runs that many times, and the table shows each
+configuration's median over the rounds: on a shared machine one configuration's requests/s
+moves by 15-25% from one minute to the next. After the table comes the verdict on the
+project's performance targets (`loadtest.verdict`): ratios of rows of the same round, and
+their median over the rounds.
+
+Artefacts in ``out``: one folder per row (``round-N/`` per round when there are several; the
+`loadtest.run` artefacts), ``compare.json`` (settings, every round's rows, the medians and the
+verdict), ``compare.md`` (what is printed to stdout) and ``compare.png`` (bars of the medians).
 """
 
 from __future__ import annotations
@@ -30,6 +37,7 @@ from typing import Any
 
 from matplotlib.figure import Figure
 
+from loadtest import verdict
 from loadtest.images import load_images
 from loadtest.procstats import CpuMeter
 from loadtest.registry import Configuration, Context, Entry, Measurement
@@ -145,6 +153,7 @@ class Settings:
     images: int = 1000
     processes: int = 1
     gateway_env: tuple[tuple[str, str], ...] = ()
+    rounds: int = 1
 
 
 def slug(name: str) -> str:
@@ -188,8 +197,7 @@ def _row(entry: Any, status: str, **values: Any) -> dict[str, Any]:
     return base | {k: None for k in ROW_KEYS} | values
 
 
-def _load_row(entry: Configuration, ctx: Context, settings: Settings) -> dict[str, Any]:
-    out = settings.out / slug(entry.name)
+def _load_row(entry: Configuration, ctx: Context, settings: Settings, out: Path) -> dict[str, Any]:
     try:
         with entry.start(ctx) as host:
             spec = LoadSpec(
@@ -222,32 +230,44 @@ def _load_row(entry: Configuration, ctx: Context, settings: Settings) -> dict[st
 
 
 def run_compare(entries: Sequence[Any], settings: Settings) -> list[dict[str, Any]]:
-    """Load every entry in turn; one row per entry (measurements may give several)."""
+    """Load every entry in turn, ``settings.rounds`` times over; one row per entry and round
+    (measurements may give several), each with its ``round`` (0-based)."""
     settings.out.mkdir(parents=True, exist_ok=True)
     rows: list[dict[str, Any]] = []
-    images = None
     with contextlib.ExitStack() as stack:
         ctx = Context(settings.model_dir, dict(settings.gateway_env), stack)
-        for entry in entries:
-            if isinstance(entry, MissingPlugin):
-                rows.append(
-                    _row(entry, "skipped", reason=f"{entry.module} is not in this checkout")
-                )
-                continue
-            reason = entry.available()
-            if reason:
-                rows.append(_row(entry, "skipped", reason=reason))
-                log.info("%s: skipped (%s)", entry.name, reason)
-                continue
-            log.info("%s: starting ...", entry.name)
-            started = time.monotonic()
-            if isinstance(entry, Measurement):
-                images = images or load_images(settings.images)
-                for values in entry.measure(ctx, images):
-                    rows.append(_row(entry, "ok", **values))
-            else:
-                rows.append(_load_row(entry, ctx, settings))
-            log.info("%s: %s (%.0f s)", entry.name, rows[-1]["status"], time.monotonic() - started)
+        for n in range(settings.rounds):
+            out = settings.out / f"round-{n}" if settings.rounds > 1 else settings.out
+            if settings.rounds > 1:
+                log.info("round %d of %d", n + 1, settings.rounds)
+            rows += [row | {"round": n} for row in _run_round(entries, ctx, settings, out)]
+    return rows
+
+
+def _run_round(
+    entries: Sequence[Any], ctx: Context, settings: Settings, out: Path
+) -> list[dict[str, Any]]:
+    """One pass over the entries, artefacts under ``out``."""
+    rows: list[dict[str, Any]] = []
+    images = None
+    for entry in entries:
+        if isinstance(entry, MissingPlugin):
+            rows.append(_row(entry, "skipped", reason=f"{entry.module} is not in this checkout"))
+            continue
+        reason = entry.available()
+        if reason:
+            rows.append(_row(entry, "skipped", reason=reason))
+            log.info("%s: skipped (%s)", entry.name, reason)
+            continue
+        log.info("%s: starting ...", entry.name)
+        started = time.monotonic()
+        if isinstance(entry, Measurement):
+            images = images or load_images(settings.images)
+            for values in entry.measure(ctx, images):
+                rows.append(_row(entry, "ok", **values))
+        else:
+            rows.append(_load_row(entry, ctx, settings, out / slug(entry.name)))
+        log.info("%s: %s (%.0f s)", entry.name, rows[-1]["status"], time.monotonic() - started)
     return rows
 
 
@@ -316,12 +336,21 @@ def bar_chart(rows: Sequence[dict[str, Any]], png: Path, title: str) -> None:
 
 
 def write_report(rows: Sequence[dict[str, Any]], settings: Settings) -> str:
-    """compare.json, compare.md and compare.png in ``settings.out``; returns the table."""
+    """compare.json, compare.md and compare.png in ``settings.out``; returns the report: the
+    table (medians over the rounds when there are several) and the verdict on the targets."""
     title = (
         f"{settings.users} users, spawn rate {settings.spawn_rate:g}/s, {settings.duration} "
         f"per row, {settings.images} images, {os.cpu_count()} CPUs"
     )
-    table = f"{title}\n\n{markdown_table(rows)}\n"
+    medians = verdict.median_rows(rows) if settings.rounds > 1 else list(rows)
+    verdicts = verdict.judge(rows)
+    if settings.rounds > 1:
+        title += f"; each row the median of {settings.rounds} rounds"
+    table = (
+        f"{title}\n\n{markdown_table(medians)}\n\n"
+        f"Targets (ratios of rows of the same round, above 1 where ours is better; the median "
+        f"over the rounds decides):\n\n{verdict.markdown(verdicts)}\n"
+    )
     doc = {
         "settings": {
             "model_dir": str(settings.model_dir),
@@ -331,10 +360,13 @@ def write_report(rows: Sequence[dict[str, Any]], settings: Settings) -> str:
             "images": settings.images,
             "processes": settings.processes,
             "gateway_env": dict(settings.gateway_env),
+            "rounds": settings.rounds,
         },
         "rows": list(rows),
+        "medians": medians,
+        "targets": verdicts,
     }
     (settings.out / "compare.json").write_text(json.dumps(doc, indent=1) + "\n")
     (settings.out / "compare.md").write_text(table)
-    bar_chart(rows, settings.out / "compare.png", title)
+    bar_chart(medians, settings.out / "compare.png", title)
     return table
