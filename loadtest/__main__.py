@@ -48,7 +48,14 @@ from typing import Any
 from loadtest import compare
 from loadtest import paired as paired_mod
 from loadtest import soak as soak_mod
-from loadtest.run import LoadSpec, LoadTestError, Unreachable, parse_duration, run_load
+from loadtest.run import (
+    LoadSpec,
+    LoadTestError,
+    Unreachable,
+    first_line,
+    parse_duration,
+    run_load,
+)
 from loadtest.servers import ROOT, StartError
 from loadtest.targets import PAYLOADS, TARGETS
 from serving.cli_numbers import (
@@ -309,12 +316,6 @@ def _add_soak_parser(sub: Any) -> None:
     soak.add_argument("--out", type=Path, default=Path("runs/soak"), help="artefacts folder")
 
 
-def _first_line(exc: BaseException) -> str:
-    """The first line of an error's message (a server's log can follow it), or its type."""
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__
-
-
 def _run(args: argparse.Namespace) -> int:
     extra = ("--peer", args.peer) if args.peer else ()
     spec = LoadSpec(
@@ -415,7 +416,7 @@ def _soak(args: argparse.Namespace) -> int:
     try:
         result = soak_mod.run_soak(settings)
     except (LoadTestError, StartError) as exc:
-        print(f"loadtest soak: error: {_first_line(exc)}", file=sys.stderr)
+        print(f"loadtest soak: error: {first_line(exc)}", file=sys.stderr)
         return EXIT_LOCUST
     except ValueError as exc:  # e.g. too few samples after the warm-up
         print(f"loadtest soak: error: {exc}", file=sys.stderr)
@@ -464,7 +465,7 @@ def _paired(args: argparse.Namespace) -> int:
     try:
         report = paired_mod.run_paired(settings)
     except (LoadTestError, StartError) as exc:
-        print(f"loadtest paired: error: {_first_line(exc)}", file=sys.stderr)
+        print(f"loadtest paired: error: {first_line(exc)}", file=sys.stderr)
         return EXIT_LOCUST
     print(paired_mod.markdown(report))
     if report["failures"]:

@@ -29,6 +29,7 @@ import logging
 import math
 import os
 import re
+import subprocess
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -41,7 +42,7 @@ from loadtest import verdict
 from loadtest.images import load_images
 from loadtest.procstats import CpuMeter
 from loadtest.registry import Configuration, Context, Entry, Measurement
-from loadtest.run import MEASUREMENT_KEYS, LoadSpec, LoadTestError, run_load
+from loadtest.run import MEASUREMENT_KEYS, LoadSpec, LoadTestError, first_line, run_load
 from loadtest.servers import ROOT, StartError, start_gateway, start_modelserver
 
 log = logging.getLogger("loadtest.compare")
@@ -217,8 +218,7 @@ def _load_row(entry: Configuration, ctx: Context, settings: Settings, out: Path)
     except (StartError, LoadTestError, ValueError) as exc:
         out.mkdir(parents=True, exist_ok=True)
         (out / "error.log").write_text(str(exc))
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        return _row(entry, "error", reason=f"{first} (details: {out / 'error.log'})")
+        return _row(entry, "error", reason=f"{first_line(exc)} (details: {out / 'error.log'})")
     values = {k: summary.get(k) for k in ROW_KEYS}
     requests = summary.get("requests") or 0
     if requests:
@@ -234,25 +234,38 @@ def run_compare(entries: Sequence[Any], settings: Settings) -> list[dict[str, An
     (measurements may give several), each with its ``round`` (0-based)."""
     settings.out.mkdir(parents=True, exist_ok=True)
     rows: list[dict[str, Any]] = []
+    images = _Images(settings.images)
     with contextlib.ExitStack() as stack:
         ctx = Context(settings.model_dir, dict(settings.gateway_env), stack)
         for n in range(settings.rounds):
             out = settings.out / f"round-{n}" if settings.rounds > 1 else settings.out
             if settings.rounds > 1:
                 log.info("round %d of %d", n + 1, settings.rounds)
-            rows += [row | {"round": n} for row in _run_round(entries, ctx, settings, out)]
+            rows += [row | {"round": n} for row in _run_round(entries, ctx, settings, out, images)]
     return rows
 
 
+class _Images:
+    """The load test images, loaded when a measurement first needs them (once per run)."""
+
+    def __init__(self, count: int) -> None:
+        self.count = count
+        self._set: Any = None
+
+    def get(self) -> Any:
+        if self._set is None:
+            self._set = load_images(self.count)
+        return self._set
+
+
 def _run_round(
-    entries: Sequence[Any], ctx: Context, settings: Settings, out: Path
+    entries: Sequence[Any], ctx: Context, settings: Settings, out: Path, images: _Images
 ) -> list[dict[str, Any]]:
     """One pass over the entries, artefacts under ``out``."""
     rows: list[dict[str, Any]] = []
-    images = None
     for entry in entries:
         if isinstance(entry, MissingPlugin):
-            rows.append(_row(entry, "skipped", reason=f"{entry.module} is not in this checkout"))
+            rows.append(_row(entry, "skipped", reason=entry.available()))
             continue
         reason = entry.available()
         if reason:
@@ -262,9 +275,10 @@ def _run_round(
         log.info("%s: starting ...", entry.name)
         started = time.monotonic()
         if isinstance(entry, Measurement):
-            images = images or load_images(settings.images)
-            for values in entry.measure(ctx, images):
-                rows.append(_row(entry, "ok", **values))
+            try:
+                rows += [_row(entry, "ok", **values) for values in entry.measure(ctx, images.get())]
+            except (RuntimeError, ValueError, OSError, subprocess.SubprocessError) as exc:
+                rows.append(_row(entry, "error", reason=first_line(exc)))
         else:
             rows.append(_load_row(entry, ctx, settings, out / slug(entry.name)))
         log.info("%s: %s (%.0f s)", entry.name, rows[-1]["status"], time.monotonic() - started)

@@ -65,6 +65,12 @@ class LoadTestError(RuntimeError):
     """The load test could not run (Locust failed, or left no report)."""
 
 
+def first_line(exc: BaseException) -> str:
+    """The first line of an error's message (a server's log can follow it), or its type."""
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
 class Unreachable(LoadTestError):
     """The target did not answer as ready before the run."""
 

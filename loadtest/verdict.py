@@ -10,6 +10,7 @@ configuration for the main table.
 
 from __future__ import annotations
 
+import math
 import statistics
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -17,7 +18,8 @@ from typing import Any
 
 __all__ = ["TARGETS", "Target", "judge", "markdown", "median_rows"]
 
-#: Measurements that are medians over the rounds; counts are summed.
+#: Measurements that are medians over the rounds; counts are summed; the failure ratio is
+#: recomputed from the summed counts.
 MEDIAN_KEYS = (
     "requests_per_second",
     "images_per_second",
@@ -28,6 +30,7 @@ MEDIAN_KEYS = (
     "locust_cpu_ms_per_request",
 )
 SUM_KEYS = ("requests", "failures", "wrong_labels", "images_checked")
+DERIVED_KEYS = ("fail_ratio",)
 
 
 @dataclass(frozen=True)
@@ -44,7 +47,7 @@ class Target:
     def ratio(self, num: dict[str, Any], den: dict[str, Any]) -> float | None:
         """The ratio for one round's two rows (better than the other when > 1), or None."""
         a, b = num.get(self.key), den.get(self.key)
-        if not isinstance(a, int | float) or not isinstance(b, int | float) or a <= 0 or b <= 0:
+        if not all(isinstance(v, int | float) and math.isfinite(v) and v > 0 for v in (a, b)):
             return None
         return b / a if self.lower_is_better else a / b
 
@@ -114,18 +117,21 @@ def judge(
             num, den = by_name.get(target.numerator), by_name.get(target.denominator)
             ratio = target.ratio(num, den) if num and den else None
             if ratio is not None:
-                ratios.append(round(ratio, 3))
-        median = round(statistics.median(ratios), 3) if ratios else None
+                ratios.append(ratio)
+        median = statistics.median(ratios) if ratios else None
+        if median is None:
+            met = None
+        elif target.lower_is_better:  # a latency: strictly lower
+            met = median > target.threshold
+        else:
+            met = median >= target.threshold
         verdicts.append(
             {
                 "target": target.text,
                 "threshold": target.threshold,
-                "ratios": ratios,
-                "median": median,
-                # p99: strictly lower; every other target: at least the threshold
-                "met": None
-                if median is None
-                else (median > 1.0 if target.lower_is_better else median >= target.threshold),
+                "ratios": [round(r, 3) for r in ratios],
+                "median": None if median is None else round(median, 3),
+                "met": met,
             }
         )
     return verdicts
@@ -133,7 +139,8 @@ def judge(
 
 def median_rows(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
     """One row per configuration, in first-seen order: the median of each measurement over
-    the rounds it ran in, counts summed, ``status`` ok only if every round was."""
+    the rounds it ran in, counts summed; ``status`` ok if any round ran, with the rounds that
+    did not in ``reason``."""
     names: dict[str, list[dict[str, Any]]] = {}
     for row in rows:
         names.setdefault(row["name"], []).append(row)
@@ -143,8 +150,11 @@ def median_rows(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
         merged = dict(group[0]) | {"rounds": len(group)}
         merged.pop("round", None)
         merged.pop("out", None)
-        if len(ok) < len(group):
-            bad = next(r for r in group if r["status"] != "ok")
+        bad = next((r for r in group if r["status"] != "ok"), None)
+        if bad is not None and ok:
+            reason = f"ran in {len(ok)} of {len(group)} rounds; {bad['status']}: {bad['reason']}"
+            merged |= {"status": "ok", "reason": reason}
+        elif bad is not None:
             merged |= {"status": bad["status"], "reason": bad["reason"]}
         for key in MEDIAN_KEYS:
             values = [r[key] for r in ok if isinstance(r.get(key), int | float)]
@@ -152,6 +162,8 @@ def median_rows(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
         for key in SUM_KEYS:
             values = [r[key] for r in ok if isinstance(r.get(key), int)]
             merged[key] = sum(values) if values else None
+        requests, failures = merged.get("requests"), merged.get("failures")
+        merged["fail_ratio"] = failures / requests if requests and failures is not None else None
         out.append(merged)
     return out
 
@@ -163,8 +175,8 @@ def markdown(verdicts: Sequence[dict[str, Any]]) -> str:
         "| --- | --- | ---: | --- |",
     ]
     for v in verdicts:
-        per_round = ", ".join(f"{r:.2f}" for r in v["ratios"]) or "—"
-        median = "—" if v["median"] is None else f"{v['median']:.2f}"
+        per_round = ", ".join(f"{r:.3f}" for r in v["ratios"]) or "—"
+        median = "—" if v["median"] is None else f"{v['median']:.3f}"
         met = (
             "not judged (a row did not run)" if v["met"] is None else ("yes" if v["met"] else "no")
         )

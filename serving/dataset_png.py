@@ -10,14 +10,15 @@ C), so the pixels are Pillow's, bit for bit.
 It answers only for a file it can vouch for, and returns None for everything else, which then
 takes the general path (and gets its error messages there):
 
+- at most `_MAX_BYTES` (such a file is about 1 KB);
 - the signature, then an IHDR of exactly 28x28, bit depth 8, colour type 0 (grayscale),
   compression 0, filter 0, no interlacing;
-- every chunk's CRC correct, and an IEND;
-- no chunk but IHDR, IDAT, IEND and the ancillary chunks that only describe colour space,
-  pixel size or time, which Pillow does not apply to the pixels either (`_INERT_CHUNKS`).
-  A transparency chunk (tRNS), EXIF (eXIf), text chunks (which may hold XMP or raw EXIF with an
-  orientation), a palette or anything unknown means: not this shortcut;
-- image data that Pillow's decoder turns into all 28 rows without an error.
+- then one run of IDAT chunks, then IEND, and no other chunk: ancillary chunks can change what
+  Pillow makes of the file (tRNS transparency, eXIf or text chunks holding an orientation) or
+  make it refuse the file (a malformed gAMA or iCCP), so a file with any is left to Pillow;
+- every chunk's CRC correct;
+- image data that Pillow's decoder reads without an error (a stream that ends early leaves the
+  missing rows 0, as Pillow's PNG plugin does).
 """
 
 from __future__ import annotations
@@ -36,15 +37,16 @@ _SIGNATURE = b"\x89PNG\r\n\x1a\n"
 # IHDR's length and type, then width, height, bit depth 8, colour type 0 (grayscale),
 # compression 0, filter method 0, interlace 0.
 _IHDR = b"\x00\x00\x00\x0dIHDR" + struct.pack(">IIBBBBB", IMAGE_SIZE, IMAGE_SIZE, 8, 0, 0, 0, 0)
-_INERT_CHUNKS = frozenset({b"gAMA", b"cHRM", b"sRGB", b"iCCP", b"sBIT", b"pHYs", b"tIME"})
+_MAX_BYTES = 16 * 1024
 _SIZE = (IMAGE_SIZE, IMAGE_SIZE)
 
 
 def _image_data(data: bytes) -> bytes | None:
     """The concatenated IDAT payloads of a well-formed dataset-form PNG, else None."""
-    if not data.startswith(_SIGNATURE) or data[8:29] != _IHDR:
+    if len(data) > _MAX_BYTES or not data.startswith(_SIGNATURE) or data[8:29] != _IHDR:
         return None
     idats: list[bytes] = []
+    expected = (b"IHDR",)
     pos, end = 8, len(data)
     while pos + 12 <= end:
         length = int.from_bytes(data[pos : pos + 4], "big")
@@ -52,18 +54,17 @@ def _image_data(data: bytes) -> bytes | None:
         if body_end + 4 > end:
             return None  # truncated
         kind = data[pos + 4 : pos + 8]
-        if zlib.crc32(data[pos + 4 : body_end]) != int.from_bytes(
+        if kind not in expected or zlib.crc32(data[pos + 4 : body_end]) != int.from_bytes(
             data[body_end : body_end + 4], "big"
         ):
             return None
+        if kind == b"IEND":
+            return b"".join(idats)
         if kind == b"IDAT":
             idats.append(data[pos + 8 : body_end])
-        elif kind == b"IEND":
-            return b"".join(idats) if idats else None
-        elif kind != b"IHDR" and kind not in _INERT_CHUNKS:
-            return None
-        if kind == b"IHDR" and pos != 8:
-            return None  # a second header
+            expected = (b"IDAT", b"IEND")
+        else:  # the header
+            expected = (b"IDAT",)
         pos = body_end + 4
     return None  # no IEND
 

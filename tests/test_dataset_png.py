@@ -86,13 +86,11 @@ def test_every_filter_type_reads_as_pillow_reads_it(pixels, kind):
     np.testing.assert_array_equal(out, pillow_pixels(data))
 
 
-def test_mixed_filters_split_image_data_and_inert_chunks(pixels):
-    inert = (
-        chunk(b"gAMA", struct.pack(">I", 45455)) + chunk(b"pHYs", bytes(9)) + chunk(b"sRGB", b"\0")
-    )
-    data = png(pixels, [r % 5 for r in range(28)], extra=inert, split=4)
+def test_mixed_filters_and_split_image_data_read_as_the_general_path_reads_them(pixels):
+    data = png(pixels, [r % 5 for r in range(28)], split=4)
     np.testing.assert_array_equal(read_dataset_png(data), pixels)
-    np.testing.assert_array_equal(decode_image(data)[..., 0] * 255, pixels.astype(np.float32))
+    # bytearray: the shortcut takes bytes only, so this is Pillow's plugin path
+    np.testing.assert_array_equal(decode_image(data), decode_image(bytearray(data)))
 
 
 def test_image_data_short_of_the_header_reads_as_pillow_reads_it(pixels):
@@ -124,6 +122,24 @@ def _with_chunk(pixels, kind: bytes, body: bytes) -> bytes:
     return png(pixels, extra=chunk(kind, body))
 
 
+def _after_image_data(pixels, kind: bytes, body: bytes) -> bytes:
+    data = png(pixels)
+    return data[:-12] + chunk(kind, body) + data[-12:]
+
+
+def _image_data_split_by(pixels, kind: bytes, body: bytes) -> bytes:
+    data = zlib.compress(filtered(pixels, [NONE] * 28))
+    half = len(data) // 2
+    return (
+        SIGNATURE
+        + ihdr()
+        + chunk(b"IDAT", data[:half])
+        + chunk(kind, body)
+        + chunk(b"IDAT", data[half:])
+        + chunk(b"IEND", b"")
+    )
+
+
 def _bad_crc(pixels) -> bytes:
     data = bytearray(png(pixels))
     data[29] ^= 0xFF  # the IHDR's CRC
@@ -137,6 +153,17 @@ def _bad_crc(pixels) -> bytes:
         pytest.param(lambda p: _with_chunk(p, b"eXIf", b"MM\x00*"), id="exif"),
         pytest.param(lambda p: _with_chunk(p, b"tEXt", b"Comment\x00hi"), id="text"),
         pytest.param(lambda p: _with_chunk(p, b"zzZz", b"x"), id="unknown chunk"),
+        pytest.param(lambda p: _with_chunk(p, b"gAMA", b"\0\0\xb1\x8f"), id="gamma"),
+        pytest.param(lambda p: _with_chunk(p, b"gAMA", b"\0"), id="short gamma"),
+        pytest.param(lambda p: _with_chunk(p, b"iCCP", b""), id="empty ICC profile"),
+        pytest.param(lambda p: _after_image_data(p, b"tRNS", b"\0\0"), id="transparency after"),
+        pytest.param(lambda p: _after_image_data(p, b"eXIf", b"MM\0*"), id="exif after"),
+        pytest.param(lambda p: _after_image_data(p, b"tEXt", b"a\0b"), id="text after"),
+        pytest.param(lambda p: _image_data_split_by(p, b"tEXt", b"a\0b"), id="IDAT text IDAT"),
+        pytest.param(
+            lambda p: png(p)[:33] + b"\xff\xff\xff\xffIDAT" + png(p)[41:], id="huge length"
+        ),
+        pytest.param(lambda p: png(p) + bytes(16 * 1024), id="over 16 KiB"),
         pytest.param(lambda p: _with_chunk(p, b"IHDR", ihdr()[8:-4]), id="second header"),
         pytest.param(lambda p: png(p[:27]), id="27 rows"),
         pytest.param(
@@ -181,6 +208,15 @@ def test_general_path_still_gives_its_answers_and_errors(pixels):
         decode_image(_bad_crc(pixels))
     with pytest.raises(InvalidImage, match="cannot decode PNG image data"):
         decode_image(bad_filter_png(pixels))
+    # Image data split by another chunk: Pillow stops at that chunk and finds the image short.
+    with pytest.raises(
+        InvalidImage, match=r"^cannot decode PNG image data: image file is truncated"
+    ):
+        decode_image(_image_data_split_by(pixels, b"tEXt", b"a\0b"))
+    # Bytes after IEND: Pillow ignores them, so the general path gives the same pixels.
+    np.testing.assert_array_equal(
+        decode_image(png(pixels) + bytes(16 * 1024)), decode_image(png(pixels))
+    )
     # A pixel limit below 28x28 still applies to a dataset-form PNG.
     with pytest.raises(ImageTooLarge, match="28x28 = 784 pixels, more than the limit of 700"):
         decode_image(png(pixels), max_pixels=700)

@@ -68,8 +68,10 @@ def test_each_target_is_the_median_of_same_round_ratios():
         "met": None,
     }
     table = verdict.markdown(verdict.judge(rows_of_three_rounds()))
-    assert "| gateway embedded ≥ 2x BentoML's requests/s | 1.80, 1.20, 2.50 | 1.80 | no |" in table
-    assert "| gateway embedded p99 below BentoML's | 3.75, 0.83, 5.00 | 3.75 | yes |" in table
+    assert (
+        "| gateway embedded ≥ 2x BentoML's requests/s | 1.800, 1.200, 2.500 | 1.800 | no |" in table
+    )
+    assert "| gateway embedded p99 below BentoML's | 3.750, 0.833, 5.000 | 3.750 | yes |" in table
     assert "| — | — | not judged (a row did not run) |" in table
 
 
@@ -83,6 +85,32 @@ def test_a_threshold_met_exactly_counts_and_equal_p99_does_not():
     assert verdicts["gateway embedded ≥ 2x BentoML's requests/s"]["met"] is True
     assert verdicts["gateway embedded p99 below BentoML's"]["met"] is False
     assert verdicts["gateway embedded ≥ 50% of the Flask floor's requests/s"]["met"] is True
+
+
+def test_the_verdict_uses_unrounded_ratios_and_an_even_count_of_rounds():
+    # 1999.9 / 1000 rounds to 2.000 but is short of 2x; two rounds: the median is their mean
+    rows = [
+        row("gateway embedded", 0, 1999.9, 10),
+        row("BentoML 1.4", 0, 1000, 20),
+        row("gateway embedded", 1, 1999.9, 10),
+        row("BentoML 1.4", 1, 1000, 40),
+        row("gateway embedded", 2, 1999.9, 10) | {"requests_per_second": float("nan")},
+        row("BentoML 1.4", 2, 1000, 40),
+    ]
+    verdicts = by_target(verdict.judge(rows))
+    rps = verdicts["gateway embedded ≥ 2x BentoML's requests/s"]
+    # round 2's NaN is not a ratio
+    assert rps["ratios"] == [2.0, 2.0] and rps["median"] == 2.0 and rps["met"] is False
+    p99 = verdicts["gateway embedded p99 below BentoML's"]
+    assert p99["ratios"] == [2.0, 4.0, 4.0] and p99["median"] == 4.0 and p99["met"] is True
+    json.dumps(verdict.judge(rows), allow_nan=False)  # no NaN reaches compare.json
+
+
+def test_median_rows_cover_every_row_measurement():
+    from loadtest.compare import ROW_KEYS
+
+    folded = set(verdict.MEDIAN_KEYS) | set(verdict.SUM_KEYS) | set(verdict.DERIVED_KEYS)
+    assert set(ROW_KEYS) <= folded
 
 
 def test_failed_or_skipped_rows_and_other_rounds_are_not_paired():
@@ -105,9 +133,53 @@ def test_median_rows_fold_the_rounds():
     assert gw["rounds"] == 3 and "round" not in gw and gw["status"] == "ok"
     assert (gw["requests_per_second"], gw["p99_ms"]) == (900, 80)
     assert gw["requests"] == 9000 + 6000 + 10000 and gw["failures"] == 0
+    assert gw["fail_ratio"] == 0.0
     lit = medians["LitServe"]
-    assert (lit["status"], lit["reason"], lit["rounds"]) == ("error", "exited", 2)
+    assert (lit["status"], lit["rounds"]) == ("ok", 2)
+    assert lit["reason"] == "ran in 1 of 2 rounds; error: exited"
     assert lit["requests_per_second"] == 700  # the median of the rounds that ran
+    never = verdict.median_rows([failed])[0]
+    assert (never["status"], never["reason"], never["requests"], never["fail_ratio"]) == (
+        "error",
+        "exited",
+        None,
+        None,
+    )
+
+
+def test_fail_ratio_is_recomputed_from_the_summed_counts():
+    rows = [
+        row("gateway embedded", 0, 100, 10, requests=1000, failures=10, fail_ratio=0.01),
+        row("gateway embedded", 1, 100, 10, requests=3000, failures=0, fail_ratio=0.0),
+    ]
+    assert verdict.median_rows(rows)[0]["fail_ratio"] == 10 / 4000
+
+
+def test_compare_reports_a_failing_measurement_and_goes_on(tmp_path):
+    from loadtest import compare
+    from loadtest.registry import Measurement
+
+    seen = []
+
+    def broken(ctx, images):
+        raise RuntimeError("model limit failed (1): no model here\nTraceback ...")
+
+    def counted(ctx, images):
+        seen.append(images)
+        return [{"name": "count", "batch_size": 1, "images_per_second": float(len(images))}]
+
+    entries = [Measurement("broken", broken), Measurement("count", counted)]
+    settings = compare.Settings(model_dir=tmp_path, out=tmp_path / "out", images=20, rounds=2)
+    rows = compare.run_compare(entries, settings)
+    assert [(r["name"], r["status"], r["round"]) for r in rows] == [
+        ("broken", "error", 0),
+        ("count", "ok", 0),
+        ("broken", "error", 1),
+        ("count", "ok", 1),
+    ]
+    assert rows[0]["reason"] == "model limit failed (1): no model here"
+    assert rows[1]["images_per_second"] == 20.0
+    assert len(seen) == 2 and seen[0] is seen[1]  # the images are loaded once per run
 
 
 @pytest.mark.integration

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import socket
 import threading
 import time
@@ -161,10 +162,13 @@ def test_client_socket_skips_only_mode_changes_that_change_nothing(monkeypatch):
 
         monkeypatch.setattr(socket.socket, name, counted)
     a, b = socket.socketpair()
+    a.setblocking(False)  # as gthread's TConn leaves a new connection
     with a, b:
-        sock = slow_clients._ClientSocket(fileno=a.detach())
+        sock = slow_clients._ClientSocket.blocking(a)
         with sock:
-            assert sock.gettimeout() is None
+            assert a.fileno() == -1  # detached
+            assert sock.gettimeout() is None and os.get_blocking(sock.fileno())
+            calls.clear()  # the one real change blocking() makes
             sock.setblocking(True)
             sock.settimeout(None)
             assert calls == []
@@ -178,11 +182,59 @@ def test_client_socket_skips_only_mode_changes_that_change_nothing(monkeypatch):
             sock.settimeout(0.05)
             sock.setblocking(True)
             assert calls == [("setblocking", False), ("settimeout", 0.05), ("setblocking", True)]
-            assert sock.gettimeout() is None
+            assert sock.gettimeout() is None and os.get_blocking(sock.fileno())
             b.sendall(b"x")
             assert sock.recv(1, socket.MSG_DONTWAIT) == b"x"
             with pytest.raises(BlockingIOError):  # blocking socket, non-blocking read
                 sock.recv(1, socket.MSG_DONTWAIT)
+
+
+# sha256 (first 16 hex digits) of gunicorn 27.0.1's gthread.ThreadWorker.finish_request source
+GTHREAD_FINISH_REQUEST_SHA = "616e7bb15a009ff7"
+
+
+class _Done:
+    """A finished future of gthread's pool."""
+
+    def __init__(self, result):
+        self._result = result
+
+    def cancelled(self):
+        return False
+
+    def result(self):
+        return self._result
+
+
+def test_finish_request_counts_a_connection_the_thread_closed_once():
+    """A connection handle() refused and closed itself (408, 413, 431) leaves gthread's
+    connection count exactly once; a count gone below zero would end a graceful stop early."""
+    worker = slow_clients.RequestBufferingWorker.__new__(slow_clients.RequestBufferingWorker)
+    worker.nr_conns, worker.alive = 2, True
+    a, b = socket.socketpair()
+    with b:
+        a.close()
+
+        def close(graceful: bool = False) -> None:
+            raise OSError(9, "Bad file descriptor")  # what closing it again does
+
+        conn = type("Conn", (), {"sock": a})()
+        conn.close = close
+        worker.finish_request(conn, _Done(False))
+    assert worker.nr_conns == 1
+
+
+def test_finish_request_is_gthreads_own_but_for_the_socket_mode():
+    """RequestBufferingWorker.finish_request is a copy of gunicorn 27.0.1's, without its two
+    switches to non-blocking: a gunicorn whose method changed needs the copy looked at again."""
+    import hashlib
+    import inspect
+
+    from gunicorn.workers import gthread
+
+    source = inspect.getsource(gthread.ThreadWorker.finish_request)
+    assert "conn.sock.setblocking(False)" in source
+    assert hashlib.sha256(source.encode()).hexdigest()[:16] == GTHREAD_FINISH_REQUEST_SHA
 
 
 def test_worker_heartbeat_runs_at_most_once_per_interval(monkeypatch):

@@ -193,6 +193,15 @@ class _ClientSocket(socket.socket):
 
     __slots__ = ()
 
+    @classmethod
+    def blocking(cls, sock: socket.socket) -> _ClientSocket:
+        """``sock``'s connection (``sock`` is detached) as a `_ClientSocket` in blocking mode."""
+        wrapped = cls(sock.family, sock.type, sock.proto, fileno=sock.detach())
+        # A socket object built on a descriptor takes it to be blocking, whatever its flags
+        # (gthread's TConn made it non-blocking): make the descriptor match.
+        socket.socket.setblocking(wrapped, True)
+        return wrapped
+
     def setblocking(self, flag: bool) -> None:
         if self.gettimeout() != (None if flag else 0.0):
             super().setblocking(flag)
@@ -250,9 +259,10 @@ class RequestBufferingWorker(GatewayWorker):
         self._serving_done = threading.Condition()
 
     def enqueue_req(self, conn: Any) -> None:
-        """gthread's hand-off to the pool, with a new connection's socket as `_ClientSocket`."""
+        """gthread's hand-off to the pool, with a new connection's socket as a blocking
+        `_ClientSocket`."""
         if type(conn.sock) is socket.socket:
-            conn.sock = _ClientSocket(fileno=conn.sock.detach())
+            conn.sock = _ClientSocket.blocking(conn.sock)
         super().enqueue_req(conn)
 
     def handle(self, conn: Any) -> Any:
@@ -344,14 +354,12 @@ class RequestBufferingWorker(GatewayWorker):
         parser = conn.parser
         body = getattr(parser.mesg, "body", None)
         if body is not None:
+            if getattr(body, "failed", False) is True:
+                return False  # reading it failed: where the next request starts is unknown
             try:
                 while body.read(_READ_CHUNK):
                     pass
-            except (
-                Exception
-            ):  # a malformed chunk or trailer: where the next request starts is unknown
-                return False
-            if getattr(body, "failed", False) is True:
+            except Exception:  # a malformed chunk or trailer
                 return False
         parser.mesg = None  # drained: nothing for the parser to drain before the next request
         return True
@@ -393,12 +401,7 @@ class RequestBufferingWorker(GatewayWorker):
         try:
             result = fs.result() if not fs.cancelled() else False
             if result is gthread._DEFER and self.alive:
-                pending = getattr(conn, "convserve_pending", None)
-                conn.timeout = (
-                    pending.deadline
-                    if pending is not None
-                    else time.monotonic() + self.cfg.keepalive
-                )
+                conn.timeout = conn.convserve_pending.deadline  # _handle defers with one
                 self.pending_conns.append(conn)
                 self.poller.register(
                     conn.sock,
@@ -422,7 +425,8 @@ class RequestBufferingWorker(GatewayWorker):
                 )
             else:
                 self.nr_conns -= 1
-                conn.close(graceful=True)
+                if conn.sock.fileno() != -1:  # handle() closes a refused connection itself
+                    conn.close(graceful=True)
         except Exception:
             self.nr_conns -= 1
             conn.close()
