@@ -183,12 +183,13 @@ def test_compare_reports_a_failing_measurement_and_goes_on(tmp_path):
 
 
 @pytest.mark.integration
-def test_compare_rounds_end_to_end(tmp_path):
+def test_compare_rounds_end_to_end(exported_model, tmp_path):
     """Two rounds of both floors: a folder per round and row, medians, the verdict printed."""
     out = tmp_path / "cmp"
     proc = subprocess.run(
         [
-            sys.executable, "-m", "loadtest", "compare", "--users", "2", "--duration", "2s",
+            sys.executable, "-m", "loadtest", "compare", "--model-dir", str(exported_model),
+            "--users", "2", "--duration", "2s",
             "--images", "50", "--workers", "1", "--rounds", "2", "--out", str(out),
             "--only", "floor",
         ],
