@@ -204,14 +204,16 @@ def test_embedded_backend_without_the_model(exported_model, tmp_path, where):
 @pytest.mark.parametrize("scheme", ["grpc", "http"])
 def test_remote_backends_down_hung_and_noisy(scheme):
     port = free_port()
-    cases = [(f"127.0.0.1:{port}", [503, 503, 503, 503, 200])]
+    # The black hole needs a short timeout to be quick; the others answer at once, and get a
+    # long one so that a loaded machine cannot turn their answer into a timeout.
+    cases = [(f"127.0.0.1:{port}", [503, 503, 503, 503, 200], 10.0)]
     with _black_hole() as hole, _noisy_rest() as noisy:
-        cases.append((hole, [504, 504, 504, 503, 200]))
+        cases.append((hole, [504, 504, 504, 503, 200], 0.5))
         if scheme == "http":
-            cases.append((noisy, [502, 502, 503, 503, 200]))
-        for target, statuses in cases:
+            cases.append((noisy, [502, 502, 503, 503, 200], 10.0))
+        for target, statuses, timeout in cases:
             app = create_app(
-                {"backend": f"{scheme}://{target}", "timeout_seconds": 0.5, "retries": 0}
+                {"backend": f"{scheme}://{target}", "timeout_seconds": timeout, "retries": 0}
             )
             try:
                 responses = _every_path(app.test_client(), _bad_requests()[:3])
