@@ -264,10 +264,7 @@ def _run_round(
     """One pass over the entries, artefacts under ``out``."""
     rows: list[dict[str, Any]] = []
     for entry in entries:
-        if isinstance(entry, MissingPlugin):
-            rows.append(_row(entry, "skipped", reason=entry.available()))
-            continue
-        reason = entry.available()
+        reason = entry.available()  # a MissingPlugin's says it is not in this checkout
         if reason:
             rows.append(_row(entry, "skipped", reason=reason))
             log.info("%s: skipped (%s)", entry.name, reason)

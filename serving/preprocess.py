@@ -357,9 +357,15 @@ def decode_image(data: bytes, *, max_pixels: int = MAX_PIXELS) -> np.ndarray:
     (checked before decoding), :class:`InvalidImage` for anything that is not a readable
     PNG, JPEG, WebP, GIF or BMP.
     """
+    # The dataset's own form, read without Pillow's plugin machinery; anything else: Pillow.
     pixels = read_dataset_png(data) if max_pixels >= IMAGE_SIZE * IMAGE_SIZE else None
-    if pixels is not None:  # the dataset's own form, read without Pillow's plugin machinery
-        return _SCALE_LUT[pixels].reshape(IMAGE_SIZE, IMAGE_SIZE, 1)
+    if pixels is None:
+        pixels = _pillow_pixels(data, max_pixels)
+    return _SCALE_LUT[pixels].reshape(IMAGE_SIZE, IMAGE_SIZE, 1)
+
+
+def _pillow_pixels(data: bytes, max_pixels: int) -> np.ndarray:
+    """Any supported image through Pillow → uint8 ``[28, 28]`` in the dataset's form."""
     img = _open(data, max_pixels)
     try:
         gray, source_gray = _load_gray(img)
@@ -370,10 +376,8 @@ def decode_image(data: bytes, *, max_pixels: int = MAX_PIXELS) -> np.ndarray:
             raise
         raise InvalidImage(f"cannot decode {img.format} image data: {exc}") from None
     if source_gray and gray.size == (IMAGE_SIZE, IMAGE_SIZE):
-        pixels = np.asarray(gray)  # already in the dataset's form
-    else:
-        pixels = _dataset_form(gray)
-    return _SCALE_LUT[pixels].reshape(IMAGE_SIZE, IMAGE_SIZE, 1)
+        return np.asarray(gray)  # already in the dataset's form
+    return _dataset_form(gray)
 
 
 def array_to_input(arr: object) -> np.ndarray:
