@@ -22,7 +22,7 @@ import requests
 
 from loadtest.servers import Server, free_port, http_ok, start_gateway
 from serving.gateway import slow_clients
-from serving.gateway.slow_clients import request_complete
+from serving.gateway.request_framing import request_complete
 from serving.gateway.worker import GatewayWorker
 
 PNG_HEAD = b"\x89PNG\r\n\x1a\n"

@@ -40,140 +40,30 @@ Flask nor prometheus-client.
 from __future__ import annotations
 
 import contextlib
-import json
 import selectors
 import socket
 import threading
 import time
 from functools import partial
-from typing import Any, NamedTuple
+from typing import Any
 
 from gunicorn.workers import gthread
 
 from serving.gateway.config import GatewayConfig
+from serving.gateway.request_framing import (
+    CONTINUE,
+    HEADERS_TOO_LARGE,
+    MAX_HEADER_BYTES,
+    READ_CHUNK,
+    body_too_large_response,
+    drain_body,
+    drop_expect,
+    request_complete,
+    timeout_response,
+)
 from serving.gateway.worker import GatewayWorker
 
-__all__ = ["RequestBufferingWorker", "Verdict", "request_complete"]
-
-#: A request line and headers longer than this are refused here with 431 (gunicorn's own
-#: limits allow ~800 KiB, which its parser would then read with blocking reads).
-MAX_HEADER_BYTES = 64 * 1024
-_READ_CHUNK = 256 * 1024
-_CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
-
-
-def _header_fields(head: bytes) -> dict[bytes, bytes]:
-    """Lower-cased header names → values (the last one wins) of a header block."""
-    out = {}
-    for line in head.split(b"\r\n")[1:]:
-        name, sep, value = line.partition(b":")
-        if sep:
-            out[name.strip().lower()] = value.strip()
-    return out
-
-
-def _chunked_end(buf: bytes | bytearray, pos: int, limit: int) -> tuple[int, bool] | None:
-    """(where a chunked body starting at ``pos`` ends, whether it is over ``limit``), or None
-    while it is not all there.
-
-    Malformed framing ends at ``len(buf)``: gunicorn's parser refuses it from the buffer. A body
-    over ``limit`` ends once more than ``limit`` decoded bytes of it are buffered, so the app's
-    413 (serving/gateway/body_limit.py reads ``limit + 1`` bytes) never waits on the client.
-    """
-    total = 0
-    while True:
-        eol = buf.find(b"\r\n", pos)
-        if eol < 0:
-            return None if len(buf) - pos < 1024 else (len(buf), False)
-        try:
-            size = int(buf[pos:eol].split(b";", 1)[0].strip(), 16)
-        except ValueError:
-            return len(buf), False
-        if total + size > limit:  # decoded bytes buffered: earlier chunks + this one's start
-            held = total + max(0, len(buf) - (eol + 2))
-            return (len(buf), True) if held > limit else None
-        total += size
-        if size == 0:  # last chunk: trailer fields, then an empty line
-            end = buf.find(b"\r\n\r\n", eol)
-            if buf.startswith(b"\r\n", eol + 2):
-                return eol + 4, False
-            return None if end < 0 else (end + 4, False)
-        pos = eol + 2 + size + 2
-        if pos > len(buf):
-            return None
-
-
-class Verdict(NamedTuple):
-    """What `request_complete` found at the start of a buffer."""
-
-    complete: bool  # hand it to gunicorn's parser: it will not wait on the client
-    expects_continue: bool  # incomplete, and the client waits for "100 Continue"
-    oversized: bool  # the body is over the limit: the app answers 413, nothing is drained
-    headers_too_large: bool = False  # no end of headers within MAX_HEADER_BYTES: 431 here
-
-
-def request_complete(buf: bytes | bytearray, max_body: int) -> Verdict:
-    """Is the request at the start of ``buf`` all there?
-
-    Complete means the request can be handed to gunicorn's parser without it waiting on the
-    client: headers and body are in ``buf``, or there is nothing worth waiting for (a body
-    declared over ``max_body``, framing the parser refuses anyway).
-    """
-    end = buf.find(b"\r\n\r\n")
-    if end < 0:
-        too_long = len(buf) > MAX_HEADER_BYTES
-        return Verdict(too_long, False, False, too_long)
-    head, body_start = bytes(buf[:end]), end + 4
-    fields = _header_fields(head)
-    oversized = False
-    if b"chunked" in fields.get(b"transfer-encoding", b"").lower():
-        found = _chunked_end(buf, body_start, max_body)
-        done, oversized = found is not None, found is not None and found[1]
-    elif b"content-length" in fields:
-        try:
-            length = int(fields[b"content-length"])
-        except ValueError:
-            return Verdict(True, False, False)  # gunicorn answers 400
-        oversized = length > max_body
-        done = oversized or len(buf) - body_start >= length
-    else:
-        done = True
-    expects = fields.get(b"expect", b"").lower() == b"100-continue"
-    return Verdict(done, expects and not done, oversized)
-
-
-def _drop_expect(buf: bytes) -> bytes:
-    """``buf`` without its ``Expect`` header line (the 100 Continue went out already)."""
-    end = buf.find(b"\r\n\r\n")
-    lines = buf[:end].split(b"\r\n")
-    kept = [ln for ln in lines if not ln.lower().startswith(b"expect:")]
-    return b"\r\n".join(kept) + buf[end:]
-
-
-def _error_response(status: str, code: str, message: str) -> bytes:
-    """An answer in the gateway's error shape (serving/gateway/errors.py), written here because
-    the request never reached the app; the connection closes after it."""
-    body = json.dumps({"error": {"code": code, "message": message}}, separators=(",", ":"))
-    head = (
-        f"HTTP/1.1 {status}\r\nContent-Type: application/json\r\n"
-        f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n"
-    )
-    return (head + body).encode()
-
-
-def _timeout_response(seconds: float) -> bytes:
-    return _error_response(
-        "408 Request Timeout",
-        "request_timeout",
-        f"the request was not received in full within {seconds:g} s",
-    )
-
-
-_HEADERS_TOO_LARGE = _error_response(
-    "431 Request Header Fields Too Large",
-    "headers_too_large",
-    f"the request line and headers are longer than {MAX_HEADER_BYTES} bytes",
-)
+__all__ = ["RequestBufferingWorker"]
 
 
 class _Pending:
@@ -246,12 +136,8 @@ class RequestBufferingWorker(GatewayWorker):
         self.max_body = cfg.max_body_bytes
         self.max_buffer = self.max_body + MAX_HEADER_BYTES
         # A chunked body can be far longer on the wire than decoded (1-byte chunks): past
-        # max_buffer it is refused here, with the app's words for an oversized body.
-        self.body_too_large = _error_response(
-            "413 Content Too Large",
-            "body_too_large",
-            f"request body is larger than the limit of {self.max_body} bytes",
-        )
+        # max_buffer it is refused here.
+        self.body_too_large = body_too_large_response(self.max_body)
         # Requests the pool threads are serving, counted by the threads themselves: gthread's
         # own connection count can fall to 0 with deferred connections still being served, and
         # its graceful stop would then close the backend under them (tests/test_faults.py).
@@ -312,7 +198,7 @@ class RequestBufferingWorker(GatewayWorker):
         done, expects, oversized, headers_too_large = request_complete(pending.buf, self.max_body)
         if headers_too_large:
             conn.convserve_pending = None
-            _send_quietly(conn.sock, _HEADERS_TOO_LARGE)
+            _send_quietly(conn.sock, HEADERS_TOO_LARGE)
             return False
         if not done and len(pending.buf) > self.max_buffer:
             conn.convserve_pending = None
@@ -324,8 +210,8 @@ class RequestBufferingWorker(GatewayWorker):
                 return False
             if expects and not pending.continued:
                 pending.continued = True
-                pending.buf = bytearray(_drop_expect(bytes(pending.buf)))
-                if not _send_quietly(conn.sock, _CONTINUE):
+                pending.buf = bytearray(drop_expect(bytes(pending.buf)))
+                if not _send_quietly(conn.sock, CONTINUE):
                     conn.convserve_pending = None
                     return False
             return gthread._DEFER  # back to the event loop until more bytes arrive
@@ -351,18 +237,7 @@ class RequestBufferingWorker(GatewayWorker):
             return False
         if not keepalive:
             return False
-        parser = conn.parser
-        body = getattr(parser.mesg, "body", None)
-        if body is not None:
-            if getattr(body, "failed", False) is True:
-                return False  # reading it failed: where the next request starts is unknown
-            try:
-                while body.read(_READ_CHUNK):
-                    pass
-            except Exception:  # a malformed chunk or trailer
-                return False
-        parser.mesg = None  # drained: nothing for the parser to drain before the next request
-        return True
+        return drain_body(conn.parser)
 
     def _read_available(self, conn: Any, pending: _Pending) -> bool:
         """Append what the socket holds to ``pending.buf`` without blocking; True at EOF.
@@ -372,13 +247,13 @@ class RequestBufferingWorker(GatewayWorker):
         """
         while len(pending.buf) <= self.max_buffer:
             try:
-                data = conn.sock.recv(_READ_CHUNK, socket.MSG_DONTWAIT)
+                data = conn.sock.recv(READ_CHUNK, socket.MSG_DONTWAIT)
             except (BlockingIOError, InterruptedError):
                 return False
             if not data:
                 return True
             pending.buf += data
-            if len(data) < _READ_CHUNK:
+            if len(data) < READ_CHUNK:
                 return False
         return False
 
@@ -392,7 +267,7 @@ class RequestBufferingWorker(GatewayWorker):
                 conn.client[0] if conn.client else "?",
                 self.client_timeout,
             )
-            _send_quietly(conn.sock, _timeout_response(self.client_timeout))
+            _send_quietly(conn.sock, timeout_response(self.client_timeout))
 
     def finish_request(self, conn: Any, fs: Any) -> None:
         """gthread's (gunicorn 27) bookkeeping on the event loop, with the socket left in
