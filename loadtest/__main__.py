@@ -67,6 +67,7 @@ from serving.cli_numbers import (
     Number,
 )
 from serving.cli_parser import OneLineErrorParser
+from serving.gateway.config import WORKER_CLASSES
 
 EXIT_OK, EXIT_THRESHOLD, EXIT_USAGE, EXIT_LOCUST = 0, 1, 2, 3
 
@@ -187,6 +188,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     cmp_.add_argument(
         "--threads", type=POSITIVE_INT, default=None, help="GATEWAY_THREADS of gateway and floors"
+    )
+    cmp_.add_argument(
+        "--worker-class",
+        choices=sorted(WORKER_CLASSES),
+        default=None,
+        help="GATEWAY_WORKER_CLASS of gateway and floors (gevent)",
     )
     cmp_.add_argument(
         "--rounds",
@@ -313,6 +320,12 @@ def _add_soak_parser(sub: Any) -> None:
     soak.add_argument(
         "--threads", type=POSITIVE_INT, default=None, help="GATEWAY_THREADS of the gateway"
     )
+    soak.add_argument(
+        "--worker-class",
+        choices=sorted(WORKER_CLASSES),
+        default=None,
+        help="GATEWAY_WORKER_CLASS of the gateway (gevent)",
+    )
     soak.add_argument("--out", type=Path, default=Path("runs/soak"), help="artefacts folder")
 
 
@@ -366,7 +379,7 @@ def _compare(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return EXIT_USAGE
-    env = compare.gateway_env_from(dict(os.environ), args.workers, args.threads)
+    env = compare.gateway_env_from(dict(os.environ), args.workers, args.threads, args.worker_class)
     settings = compare.Settings(
         model_dir=model_dir,
         out=args.out,
@@ -387,7 +400,7 @@ def _compare(args: argparse.Namespace) -> int:
 
 
 def _soak(args: argparse.Namespace) -> int:
-    env = compare.gateway_env_from(dict(os.environ), args.workers, args.threads)
+    env = compare.gateway_env_from(dict(os.environ), args.workers, args.threads, args.worker_class)
     settings = soak_mod.SoakSettings(
         model_dir=args.model_dir.resolve(),
         out=args.out,

@@ -174,10 +174,17 @@ def select(entries: Sequence[Any], patterns: Sequence[str]) -> list[Any]:
     ]
 
 
-def gateway_env_from(environ: dict[str, str], workers: int | None, threads: int | None) -> dict:
+def gateway_env_from(
+    environ: dict[str, str],
+    workers: int | None,
+    threads: int | None,
+    worker_class: str | None = None,
+) -> dict:
     """The caller's GATEWAY_* settings (minus what compare sets itself) and the flags."""
     env = {k: v for k, v in environ.items() if k.startswith("GATEWAY_") and k not in GATEWAY_OWN}
     env.setdefault("GATEWAY_LOG_LEVEL", "WARNING")
+    if worker_class is not None:
+        env["GATEWAY_WORKER_CLASS"] = worker_class
     if workers is not None:
         env["GATEWAY_WORKERS"] = str(workers)
     if threads is not None:

@@ -121,6 +121,14 @@ def test_rest_backend_target_is_the_base_url():
             "TF Serving's model config)",
         ),
         (
+            {"GATEWAY_WORKER_CLASS": "sync"},
+            "GATEWAY_WORKER_CLASS='sync': expected one of gevent, gthread",
+        ),
+        (
+            {"GATEWAY_WORKER_CONNECTIONS": "0"},
+            "GATEWAY_WORKER_CONNECTIONS: expected an integer >= 1, got '0'",
+        ),
+        (
             {"GATEWAY_LOG_LEVEL": "LOUD"},
             "GATEWAY_LOG_LEVEL='LOUD': expected one of DEBUG, INFO, WARNING, ERROR, CRITICAL",
         ),
@@ -256,7 +264,7 @@ def test_gunicorn_cmd_args_override_the_gateway_settings(monkeypatch):
 
     monkeypatch.delenv("GUNICORN_CMD_ARGS", raising=False)
     default = GatewayApplication(prog="test").cfg
-    assert default.worker_class_str == "serving.gateway.slow_clients.RequestBufferingWorker"
+    assert default.worker_class_str == "serving.gateway.gevent_worker.BufferingGeventWorker"
     monkeypatch.setenv("GUNICORN_CMD_ARGS", "--workers 3 --timeout 7 --worker-class gthread")
     cfg = GatewayApplication(prog="test").cfg
     assert (cfg.workers, cfg.timeout, cfg.worker_class_str) == (3, 7, "gthread")
@@ -296,16 +304,27 @@ def test_given_metrics_dir_is_emptied_of_old_files_but_kept(monkeypatch, tmp_pat
     assert tmp_path.is_dir()
 
 
-def test_gunicorn_settings_follow_the_env():
+@pytest.mark.parametrize(
+    ("kind", "worker_class"),
+    [
+        (None, "serving.gateway.gevent_worker.BufferingGeventWorker"),
+        ("gthread", "serving.gateway.slow_clients.RequestBufferingWorker"),
+    ],
+)
+def test_gunicorn_settings_follow_the_env(kind, worker_class):
     env = {
         "GATEWAY_PORT": "9123",
         "GATEWAY_HOST": "127.0.0.1",
         "GATEWAY_WORKERS": "3",
         "GATEWAY_THREADS": "5",
+        "GATEWAY_WORKER_CONNECTIONS": "77",
     }
+    if kind is not None:
+        env["GATEWAY_WORKER_CLASS"] = kind
     code = (
         "from serving.gateway import gunicorn_conf as c;"
-        "print(c.bind, c.workers, c.threads, c.worker_class, c.preload_app, c.wsgi_app)"
+        "print(c.bind, c.workers, c.threads, c.worker_connections, c.worker_class, "
+        "c.preload_app, c.wsgi_app)"
     )
     clean = {k: v for k, v in os.environ.items() if not k.startswith("GATEWAY_")}
     out = subprocess.run(
@@ -318,6 +337,5 @@ def test_gunicorn_settings_follow_the_env():
         check=True,
     ).stdout
     assert out == (
-        "['127.0.0.1:9123'] 3 5 serving.gateway.slow_clients.RequestBufferingWorker False "
-        "serving.gateway.app:create_app()\n"
+        f"['127.0.0.1:9123'] 3 5 77 {worker_class} False serving.gateway.app:create_app()\n"
     )

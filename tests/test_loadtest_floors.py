@@ -9,7 +9,9 @@ import urllib.request
 
 import pytest
 
+from loadtest.compare import gateway_env_from
 from loadtest.floors import FIXED_ANSWER, FLOORS, start_floor
+from serving.gateway.config import WORKER_CLASSES
 
 pytestmark = pytest.mark.integration
 
@@ -48,6 +50,19 @@ def test_floor_answers_fixed_json_under_the_gateway_gunicorn_settings(name):
         assert argv[-3:] == ["-c", "python:serving.gateway.gunicorn_conf", FLOORS[name]]
         # GATEWAY_WORKERS reached gunicorn through the gateway's settings module
         assert _workers(floor.proc.pid, 3) == 3
+
+
+@pytest.mark.parametrize("kind", sorted(WORKER_CLASSES))
+def test_floor_runs_under_the_worker_class_compare_gives_the_gateway(kind):
+    env = gateway_env_from({"GATEWAY_PORT": "1", "OTHER": "x"}, 1, None, kind)
+    assert env == {
+        "GATEWAY_LOG_LEVEL": "WARNING",
+        "GATEWAY_WORKERS": "1",
+        "GATEWAY_WORKER_CLASS": kind,
+    }
+    with start_floor("flask", env={**env, "GATEWAY_LOG_LEVEL": "INFO"}) as floor:
+        assert _post(f"{floor.url}/v1/predict", PNG)[2] == FIXED_ANSWER
+        assert f"Using worker: {WORKER_CLASSES[kind]}" in floor.output()
 
 
 def test_compare_loads_the_floors_with_the_gateway_settings_and_ignores_labels():

@@ -1,8 +1,9 @@
-"""Slow and oversized clients on raw sockets, against the real gateway (gunicorn with
-serving.gateway.slow_clients) and the model server's REST front end.
+"""Slow and oversized clients on raw sockets, against the real gateway (gunicorn with each of
+its worker classes: serving.gateway.gevent_worker and serving.gateway.slow_clients) and the
+model server's REST front end.
 
 A client that trickles its headers or body, or connects and sends nothing, must not hold the
-threads (gateway) or the concurrency slots (model server) that other clients need; it is
+threads or the app (gateway) or the concurrency slots (model server) that other clients need; it is
 answered 408 (or closed) once its deadline has passed. A body declared too large is refused
 from its Content-Length at once, before anything of it is read.
 """
@@ -12,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import signal
 import socket
 import threading
 import time
@@ -40,11 +42,13 @@ def _gateway_408() -> dict:
     }
 
 
-@pytest.fixture(scope="module")
-def gateway() -> Iterator[Server]:
-    """One gunicorn worker with 2 threads; a gRPC backend that is down (never needed here:
-    /healthz does not touch it, and bad images are refused before it is called)."""
+@pytest.fixture(scope="module", params=["gevent", "gthread"])
+def gateway(request) -> Iterator[Server]:
+    """One gunicorn worker of each worker class (gthread with 2 threads); a gRPC backend that is
+    down (never needed here: /healthz does not touch it, and bad images are refused before it
+    is called)."""
     env = {
+        "GATEWAY_WORKER_CLASS": request.param,
         "GATEWAY_CLIENT_TIMEOUT_SECONDS": str(CLIENT_TIMEOUT),
         "GATEWAY_MAX_BODY_BYTES": str(MAX_BODY),
         "GATEWAY_KEEPALIVE_SECONDS": "2",
@@ -415,6 +419,54 @@ def test_gateway_drops_a_body_the_app_did_not_read_before_the_next_request(gatew
         out, _ = _read_until_closed(s, 5)
     assert out.startswith(b"HTTP/1.1 415 "), out
     assert out.count(b"HTTP/1.1 ") == 2 and out.endswith(b'{"status":"ok"}'), out
+
+
+@pytest.mark.parametrize("worker_class", ["gevent", "gthread"])
+def test_gateway_stop_closes_idle_connections_and_refuses_new_ones_at_once(worker_class):
+    """SIGTERM with a kept-alive connection idle and another mid-request: the listener is closed
+    at once, the idle connection is closed, the started request is still answered (with
+    ``Connection: close``), and the gateway exits 0 long before its graceful timeout."""
+    env = {"GATEWAY_WORKER_CLASS": worker_class, "GATEWAY_KEEPALIVE_SECONDS": "30"}
+    server = start_gateway(
+        f"grpc://127.0.0.1:{free_port()}", env=env, workers=1, threads=THREADS, wait=False
+    )
+    with server:
+        deadline = time.monotonic() + 60
+        while not http_ok(f"{server.url}/healthz"):
+            assert server.proc.poll() is None, server.output()
+            assert time.monotonic() < deadline, server.output()
+            time.sleep(0.2)
+        idle = _connect(server.url)
+        idle.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+        idle.settimeout(5)
+        answer = b""
+        while not answer.endswith(b'{"status":"ok"}'):  # headers and body: two writes
+            answer += idle.recv(65536)
+        assert answer.startswith(b"HTTP/1.1 200 OK\r\n")
+        started = _connect(server.url)
+        started.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n")  # the rest comes later
+        time.sleep(0.3)
+        t0 = time.monotonic()
+        server.proc.send_signal(signal.SIGTERM)
+        port = int(server.url.rsplit(":", 1)[1])
+        while True:
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            except ConnectionRefusedError:
+                break
+            assert time.monotonic() - t0 < 2.0, "new connections still accepted"
+            time.sleep(0.05)
+        out, closed = _read_until_closed(idle, 5)
+        # gevent closes it at once, gthread after its 2 s stop linger; keep-alive is 30 s
+        assert out == b"" and closed - t0 < 3.5
+        started.sendall(b"\r\n")
+        out, _ = _read_until_closed(started, 5)
+        assert out.startswith(b"HTTP/1.1 200 OK\r\n"), out
+        assert b"Connection: close" in out and out.endswith(b'{"status":"ok"}')
+        assert server.proc.wait(10) == 0, server.output()
+        assert time.monotonic() - t0 < 8.0  # the graceful timeout is 20 s
+        idle.close()
+        started.close()
 
 
 # -- the model server's REST port --------------------------------------------------------------

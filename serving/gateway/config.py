@@ -41,6 +41,11 @@ DEFAULT_MAX_PIXELS = 40_000_000
 
 _LABEL = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
 _LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+#: GATEWAY_WORKER_CLASS → the gunicorn worker class it names.
+WORKER_CLASSES = {
+    "gevent": "serving.gateway.gevent_worker.BufferingGeventWorker",
+    "gthread": "serving.gateway.slow_clients.RequestBufferingWorker",
+}
 
 
 class ConfigError(ValueError):
@@ -75,6 +80,10 @@ class GatewayConfig:
     host: str = "0.0.0.0"
     port: int = GATEWAY_PORT
     workers: int = 2
+    # gevent: every connection a greenlet on one OS thread per worker (serving/gateway/
+    # gevent_worker.py); gthread: a pool of `threads` threads per worker (slow_clients.py).
+    worker_class: str = "gevent"
+    worker_connections: int = 1000
     threads: int = 16
     worker_timeout_seconds: int = 30
     graceful_timeout_seconds: int = 20
@@ -106,7 +115,7 @@ class GatewayConfig:
     # /healthz and /readyz are always open (probes); /metrics only unless this is set.
     api_keys_protect_metrics: bool = False
     # A client must send its whole request (headers and body) within this many seconds
-    # (serving/gateway/slow_clients.py); a trickling client is cut off, not waited for.
+    # (serving/gateway/request_framing.py); a trickling client is cut off, not waited for.
     client_timeout_seconds: float = 10.0
 
     def __post_init__(self) -> None:
@@ -190,6 +199,11 @@ class GatewayConfig:
         for name in (*_POSITIVE, *_NON_NEGATIVE, "port"):
             if getattr(self, name) is not None:  # model_version is optional
                 _check_number(name, getattr(self, name))
+        if self.worker_class not in WORKER_CLASSES:
+            raise ConfigError(
+                f"{env_name('worker_class')}={self.worker_class!r}: expected one of "
+                f"{', '.join(WORKER_CLASSES)}"
+            )
         if self.log_level.upper() not in _LOG_LEVELS:
             raise ConfigError(
                 f"{env_name('log_level')}={self.log_level!r}: expected one of {', '.join(_LOG_LEVELS)}"
@@ -218,6 +232,7 @@ _POSITIVE = (
     "max_pixels",
     "max_request_pixels",
     "workers",
+    "worker_connections",
     "threads",
     "worker_timeout_seconds",
     "batch_max_size",
@@ -298,4 +313,4 @@ def _check_type(name: str, value: Any, hint: Any) -> None:
         raise ConfigError(f"{env_name(name)}={value!r} must be {base.__name__}")
 
 
-__all__ = ["DEFAULT_BACKEND", "ConfigError", "GatewayConfig", "env_name"]
+__all__ = ["DEFAULT_BACKEND", "WORKER_CLASSES", "ConfigError", "GatewayConfig", "env_name"]

@@ -6,12 +6,15 @@ Used by ``python -m serving.gateway`` and usable directly::
 
 Choices that are not obvious:
 
-- ``gthread`` workers: the views block on the backend (gRPC/REST call or the embedded
-  micro-batcher), so several threads per worker keep the CPU busy and give the batcher
-  concurrent requests to merge (into one model call, or into one RPC to a remote backend). The class is
-  `serving.gateway.slow_clients.RequestBufferingWorker`: gthread whose pool threads serve a
-  request only once it is read in full (slow clients cannot hold the threads), and which closes
-  its listening sockets as soon as a graceful stop begins (`serving.gateway.worker`).
+- ``gevent`` workers by default (``GATEWAY_WORKER_CLASS``): the views block on the backend
+  (gRPC/REST call or the embedded micro-batcher), so each worker serves many requests at once
+  to keep its core busy and give the batcher concurrent requests to merge (into one model call,
+  or into one RPC to a remote backend). `serving.gateway.gevent_worker.BufferingGeventWorker`
+  does that with greenlets on one OS thread (no GIL hand-offs between request threads, the
+  faster choice: docs/BENCHMARKS.md); ``gthread`` picks
+  `serving.gateway.slow_clients.RequestBufferingWorker`, a pool of ``GATEWAY_THREADS``
+  threads. Both read each request in full before the app runs (slow clients hold neither a
+  thread nor the app) and close their listening sockets as soon as a graceful stop begins.
 - ``preload_app = False``: the app (and so the backend) is built in each worker *after* the
   fork. gRPC channels and the TensorFlow runtime do not survive a fork, and prometheus-client
   must see ``PROMETHEUS_MULTIPROC_DIR`` before its first import.
@@ -31,7 +34,7 @@ import shutil
 import tempfile
 from typing import Any
 
-from serving.gateway.config import GatewayConfig
+from serving.gateway.config import WORKER_CLASSES, GatewayConfig
 
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 _OWNED_ENV = "CONVSERVE_GATEWAY_OWNS_METRICS_DIR"
@@ -41,9 +44,10 @@ _cfg = GatewayConfig.from_env()
 wsgi_app = "serving.gateway.app:create_app()"
 bind = [f"[{_cfg.host}]:{_cfg.port}" if ":" in _cfg.host else f"{_cfg.host}:{_cfg.port}"]
 workers = _cfg.workers
-# gthread, reading each request in full before a thread serves it and refusing new
-# connections at once when stopping (see both classes' docstrings).
-worker_class = "serving.gateway.slow_clients.RequestBufferingWorker"
+# Reading each request in full before the app serves it and refusing new connections at once
+# when stopping (see both classes' docstrings).
+worker_class = WORKER_CLASSES[_cfg.worker_class]
+worker_connections = _cfg.worker_connections
 threads = _cfg.threads
 timeout = _cfg.worker_timeout_seconds
 graceful_timeout = _cfg.graceful_timeout_seconds
