@@ -423,10 +423,15 @@ def test_gateway_drops_a_body_the_app_did_not_read_before_the_next_request(gatew
 
 @pytest.mark.parametrize("worker_class", ["gevent", "gthread"])
 def test_gateway_stop_closes_idle_connections_and_refuses_new_ones_at_once(worker_class):
-    """SIGTERM with a kept-alive connection idle and another mid-request: the listener is closed
-    at once, the idle connection is closed, the started request is still answered (with
-    ``Connection: close``), and the gateway exits 0 long before its graceful timeout."""
-    env = {"GATEWAY_WORKER_CLASS": worker_class, "GATEWAY_KEEPALIVE_SECONDS": "30"}
+    """SIGTERM with a kept-alive connection idle, a new one silent and a third mid-request: the
+    listener is closed at once, the idle and silent connections are closed, the started request
+    is still answered (with ``Connection: close``), and the gateway exits 0 long before its
+    graceful timeout."""
+    env = {
+        "GATEWAY_WORKER_CLASS": worker_class,
+        "GATEWAY_KEEPALIVE_SECONDS": "30",
+        "GATEWAY_CLIENT_TIMEOUT_SECONDS": str(CLIENT_TIMEOUT),
+    }
     server = start_gateway(
         f"grpc://127.0.0.1:{free_port()}", env=env, workers=1, threads=THREADS, wait=False
     )
@@ -445,6 +450,7 @@ def test_gateway_stop_closes_idle_connections_and_refuses_new_ones_at_once(worke
         assert answer.startswith(b"HTTP/1.1 200 OK\r\n")
         started = _connect(server.url)
         started.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n")  # the rest comes later
+        silent = _connect(server.url)  # a new connection that has sent nothing yet
         time.sleep(0.3)
         t0 = time.monotonic()
         server.proc.send_signal(signal.SIGTERM)
@@ -456,17 +462,20 @@ def test_gateway_stop_closes_idle_connections_and_refuses_new_ones_at_once(worke
                 break
             assert time.monotonic() - t0 < 2.0, "new connections still accepted"
             time.sleep(0.05)
-        out, closed = _read_until_closed(idle, 5)
-        # gevent closes it at once, gthread after its 2 s stop linger; keep-alive is 30 s
-        assert out == b"" and closed - t0 < 3.5
         started.sendall(b"\r\n")
         out, _ = _read_until_closed(started, 5)
         assert out.startswith(b"HTTP/1.1 200 OK\r\n"), out
         assert b"Connection: close" in out and out.endswith(b'{"status":"ok"}')
+        # gevent closes both at once; gthread the idle one after its 2 s stop linger, the silent
+        # one at its client timeout (2 s after it opened). Keep-alive is 30 s.
+        bound = 1.0 if worker_class == "gevent" else 3.5
+        for sock in (idle, silent):
+            out, closed = _read_until_closed(sock, 5)
+            assert out == b"" and closed - t0 < bound
         assert server.proc.wait(10) == 0, server.output()
         assert time.monotonic() - t0 < 8.0  # the graceful timeout is 20 s
-        idle.close()
-        started.close()
+        for sock in (idle, started, silent):
+            sock.close()
 
 
 # -- the model server's REST port --------------------------------------------------------------

@@ -231,27 +231,29 @@ class BufferingGeventWorker(GeventWorker):
             buf += data
 
     def _recv(self, client: Any, buf: bytearray, deadline: float | None) -> bytes | None:
-        """The next bytes, or None once ``deadline`` (or, idle, the keep-alive timeout) passed."""
-        if deadline is None:  # kept alive, nothing of the next request yet
-            me = gevent.getcurrent()
-            self._idle.add(me)
-            try:
-                if not self.alive:
-                    raise _Closed
-                client.settimeout(self.cfg.keepalive)
-                return client.recv(READ_CHUNK)
-            except TimeoutError:
+        """The next bytes, or None once ``deadline`` (None: the keep-alive timeout) passed.
+
+        A connection with nothing of a request yet is idle: a graceful stop closes it.
+        """
+        if deadline is None:
+            timeout = float(self.cfg.keepalive)
+        else:
+            timeout = deadline - time.monotonic()
+            if timeout <= 0:
                 return None
-            finally:
-                self._idle.discard(me)
-        left = deadline - time.monotonic()
-        if left <= 0:
-            return None
-        client.settimeout(left)
+        client.settimeout(timeout)
+        me = None if buf else gevent.getcurrent()
+        if me is not None:
+            if not self.alive:
+                raise _Closed
+            self._idle.add(me)
         try:
             return client.recv(READ_CHUNK)
         except TimeoutError:
             return None
+        finally:
+            if me is not None:
+                self._idle.discard(me)
 
     @staticmethod
     def _answer_and_close(client: Any, answer: bytes) -> None:
