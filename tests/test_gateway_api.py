@@ -557,6 +557,17 @@ def test_metrics_count_requests_stages_labels_and_model(client, backend):
     assert m[("gateway_in_flight_requests", ())] == 1  # the scrape itself
 
 
+def test_metrics_count_unknown_methods_as_other_in_one_series(client):
+    for method in ("FOO", "BAR", "BAZ"):
+        assert client.open("/healthz", method=method).status_code == 405
+    assert client.get("/healthz").status_code == 200
+    m = _samples(client)
+    req = "gateway_requests_total"
+    series = {dict(k[1])["method"] for k in m if k[0] == req}
+    assert series == {"GET", "other"}  # one series for every method it does not know
+    assert m[(req, (("endpoint", "unmatched"), ("method", "other"), ("status", "405")))] == 3
+
+
 def test_metrics_pass_promtool(client):
     promtool = shutil.which("promtool")
     if promtool is None:

@@ -6,6 +6,7 @@ import itertools
 import os
 import re
 import time
+from typing import Any
 
 from flask import Flask, Response, g, request
 
@@ -24,6 +25,9 @@ def install(app: Flask, state: GatewayState) -> None:
     # digits like a uuid4 but without a getrandom() syscall per request.
     prefix = os.urandom(8).hex()
     counter = itertools.count(1)
+    # (endpoint, method, status) -> its request counter and latency histogram: looking a
+    # labelled series up costs more than updating it. Bounded: the app's routes, methods, codes.
+    children: dict[tuple[str, str, int], tuple[Any, Any]] = {}
 
     @app.before_request
     def _start() -> None:
@@ -37,12 +41,15 @@ def install(app: Flask, state: GatewayState) -> None:
     def _finish(resp: Response) -> Response:
         resp.headers["X-Request-ID"] = g.get("request_id") or f"{prefix}{next(counter):016x}"
         rule = request.url_rule
-        endpoint = rule.rule if rule is not None else "unmatched"
         method = request.method if request.method in _METHODS else "other"
-        metrics.requests.labels(endpoint, method, str(resp.status_code)).inc()
+        key = (rule.rule if rule is not None else "unmatched", method, resp.status_code)
+        series = children.get(key)
+        if series is None:
+            series = children[key] = _series(metrics, *key)
+        series[0].inc()
         t0 = g.get("t0")
         if t0 is not None:
-            metrics.latency.labels(endpoint, method).observe(time.perf_counter() - t0)
+            series[1].observe(time.perf_counter() - t0)
         err = g.get("api_error")
         if err is not None and err.reason is not None:
             metrics.backend_errors.labels(err.reason).inc()
@@ -52,3 +59,11 @@ def install(app: Flask, state: GatewayState) -> None:
     def _teardown(_exc: BaseException | None) -> None:
         if g.pop("in_flight", False):
             metrics.in_flight.dec()
+
+
+def _series(metrics: Any, endpoint: str, method: str, status: int) -> tuple[Any, Any]:
+    """The request counter and latency histogram of one endpoint, method and status."""
+    return (
+        metrics.requests.labels(endpoint, method, str(status)),
+        metrics.latency.labels(endpoint, method),
+    )
