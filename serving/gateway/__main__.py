@@ -33,7 +33,7 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
         prog="python -m serving.gateway",
         description="Run the convserve gateway under gunicorn. Configure it with GATEWAY_* "
         "environment variables (GATEWAY_BACKEND=grpc://host:8500 | http://host:8501 | "
-        "embedded:<model base path>, GATEWAY_WORKERS, GATEWAY_THREADS, ...).",
+        "embedded:<model base path>, GATEWAY_WORKERS, GATEWAY_WORKER_CLASS, ...).",
     )
     parser.add_argument("--host", help="address to bind (default: GATEWAY_HOST or 0.0.0.0)")
     parser.add_argument(
