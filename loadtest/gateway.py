@@ -1,7 +1,7 @@
 """Side-by-side throughput of the gateway under gunicorn, driven by ``wrk`` (a tool, not a test).
 
 Starts, through `loadtest.servers` on free loopback ports and with the *same* gunicorn settings
-(serving/gateway/gunicorn_conf.py, GATEWAY_WORKERS/GATEWAY_THREADS):
+(serving/gateway/gunicorn_conf.py, GATEWAY_WORKERS/GATEWAY_WORKER_CLASS/GATEWAY_THREADS):
 
 - ``gateway``: ``python -m serving.gateway`` with the embedded backend on ``--model-dir``;
 - ``gateway-fake``: the same app with an instant in-process backend (the gateway's own cost:
@@ -239,6 +239,7 @@ def main(argv: list[str] | None = None) -> int:
     print(
         f"\n{args.connections} connections, {args.duration:g} s x {args.rounds} rounds, "
         f"image {image.name}, GATEWAY_WORKERS={env.get('GATEWAY_WORKERS', '2')} "
+        f"GATEWAY_WORKER_CLASS={env.get('GATEWAY_WORKER_CLASS', 'gevent')} "
         f"GATEWAY_THREADS={env.get('GATEWAY_THREADS', '16')}\n"
     )
     print("| server | req/s (median) | p50 ms | p90 ms | p99 ms | non-2xx |")

@@ -12,7 +12,7 @@ rounds. Each side gets about half of the cores, so the absolute numbers are high
 A side is a set of ``GATEWAY_*`` settings and the checkout it runs from (default: this one), so
 one command compares two settings, or two versions of the code::
 
-    python -m loadtest paired --a GATEWAY_THREADS=16 --b GATEWAY_THREADS=8
+    python -m loadtest paired --a GATEWAY_WORKER_CLASS=gthread --b GATEWAY_WORKER_CLASS=gevent
     git worktree add /tmp/before HEAD~1
     python -m loadtest paired --a-checkout /tmp/before        # A: the code before the last commit
 

@@ -24,8 +24,9 @@ framing rules (`serving.gateway.request_framing`):
 - headers over `MAX_HEADER_BYTES` get 431, a chunked body over the buffer 413, both here; a
   body declared over ``GATEWAY_MAX_BODY_BYTES`` goes to the app after its headers (413 from the
   ``Content-Length``) and the connection closes; ``Expect: 100-continue`` is answered here;
-- on SIGTERM the listening sockets close at once (new connections are refused), idle
-  kept-alive connections close, and requests in flight complete (``Connection: close``) within
+- on SIGTERM the listening sockets close at once (new connections are refused), connections
+  that have sent nothing of a request yet (idle kept-alive ones, new silent ones) close, and
+  requests in flight complete (``Connection: close``) within
   ``graceful_timeout`` before the backend is closed.
 
 gRPC's own threads are made to cooperate with gevent (``grpc.experimental.gevent``) before the
@@ -99,7 +100,7 @@ class BufferingGeventWorker(GeventWorker):
         self.max_buffer = self.max_body + MAX_HEADER_BYTES
         self.body_too_large = body_too_large_response(self.max_body)
         self._servers: list[StreamServer] = []
-        self._idle: set[gevent.Greenlet] = set()  # kept-alive, waiting for their next request
+        self._idle: set[gevent.Greenlet] = set()  # connections with nothing of a request yet
         self._stopping: Event | None = None
 
     def load_wsgi(self) -> None:
