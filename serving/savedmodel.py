@@ -328,11 +328,21 @@ class LoadedModel:
         String outputs come back as object arrays of ``bytes``, as ``Tensor.numpy()`` gives them.
         """
         name = signature_name or SIGNATURE_NAME
-        checked = self.check_inputs(inputs, name)
+        arrays = list(self.check_inputs(inputs, name).values())
+        empty = bool(arrays) and all(
+            x.ndim and len(x) == 0 and x.dtype.kind in "biuf" for x in arrays
+        )
+        if empty:
+            # A 0-row batch: TensorFlow's own kernels answer 0-row outputs, but oneDNN's (its
+            # default on CPUs with AVX-512 VNNI or AMX) refuse one in the convolutions. Run one
+            # row of zeros and keep none of its outputs.
+            arrays = [np.zeros((1, *x.shape[1:]), x.dtype) for x in arrays]
         try:
-            values = self._callables[name](*checked.values())
+            values = self._callables[name](*arrays)
         except tf.errors.InvalidArgumentError as exc:
             raise InvalidInput(exc.message) from exc
+        if empty:
+            values = [v[:0] if np.ndim(v) else v for v in values]
         return dict(zip(self.signatures[name].outputs, values, strict=True))
 
     def warmup_records(self) -> Iterator[Any]:
