@@ -53,16 +53,24 @@ def gateway(request) -> Iterator[Server]:
         "GATEWAY_MAX_BODY_BYTES": str(MAX_BODY),
         "GATEWAY_KEEPALIVE_SECONDS": "2",
     }
+    with _healthy_gateway(env) as server:
+        yield server
+
+
+def _healthy_gateway(env: dict[str, str]) -> Server:
+    """One gunicorn worker (``THREADS`` threads under gthread) in front of a gRPC backend that
+    is down, once ``/healthz`` answers."""
     server = start_gateway(
         f"grpc://127.0.0.1:{free_port()}", env=env, workers=1, threads=THREADS, wait=False
     )
-    with server:
-        deadline = time.monotonic() + 60
-        while not http_ok(f"{server.url}/healthz"):
-            assert server.proc.poll() is None, server.output()
-            assert time.monotonic() < deadline, server.output()
-            time.sleep(0.2)
-        yield server
+    deadline = time.monotonic() + 60
+    while not http_ok(f"{server.url}/healthz"):
+        if server.proc.poll() is not None or time.monotonic() > deadline:
+            output = server.output()
+            server.close()
+            raise AssertionError(f"the gateway did not come up:\n{output}")
+        time.sleep(0.2)
+    return server
 
 
 def _connect(url: str) -> socket.socket:
@@ -432,15 +440,7 @@ def test_gateway_stop_closes_idle_connections_and_refuses_new_ones_at_once(worke
         "GATEWAY_KEEPALIVE_SECONDS": "30",
         "GATEWAY_CLIENT_TIMEOUT_SECONDS": str(CLIENT_TIMEOUT),
     }
-    server = start_gateway(
-        f"grpc://127.0.0.1:{free_port()}", env=env, workers=1, threads=THREADS, wait=False
-    )
-    with server:
-        deadline = time.monotonic() + 60
-        while not http_ok(f"{server.url}/healthz"):
-            assert server.proc.poll() is None, server.output()
-            assert time.monotonic() < deadline, server.output()
-            time.sleep(0.2)
+    with _healthy_gateway(env) as server:
         idle = _connect(server.url)
         idle.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
         idle.settimeout(5)
