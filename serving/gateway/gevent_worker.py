@@ -40,7 +40,6 @@ from __future__ import annotations
 
 import contextlib
 import errno
-import socket
 import time
 from functools import partial
 from typing import Any
@@ -60,7 +59,9 @@ from serving.gateway.request_framing import (
     HEADERS_TOO_LARGE,
     MAX_HEADER_BYTES,
     READ_CHUNK,
+    TIMEOUT_LOG,
     body_too_large_response,
+    close_gently,
     drain_body,
     drop_expect,
     request_complete,
@@ -70,19 +71,6 @@ from serving.gateway.request_framing import (
 __all__ = ["BufferingGeventWorker"]
 
 _GONE = (errno.EPIPE, errno.ECONNRESET, errno.ENOTCONN)
-
-
-def _close_gently(client: Any) -> None:
-    """FIN, drop what the kernel holds of the client's bytes, close: closing with unread bytes
-    would reset the connection, and a reset can discard the answer before the client reads it
-    (a 408, or a 413 whose body was never read)."""
-    with contextlib.suppress(OSError):
-        client.shutdown(socket.SHUT_WR)
-        client.settimeout(0.0)  # gevent raises instead of waiting for more
-        while client.recv(READ_CHUNK):
-            pass
-    with contextlib.suppress(OSError):
-        client.close()
 
 
 class _Closed(Exception):
@@ -189,7 +177,7 @@ class BufferingGeventWorker(GeventWorker):
         except Exception as exc:
             self.handle_error(req, client, addr, exc)
         finally:
-            _close_gently(client)
+            close_gently(client)
 
     def _read_request(self, client: Any, addr: Any, buf: bytearray, opened: float | None) -> bool:
         """Read until ``buf`` holds a whole request; True if its body is over the limit.
@@ -221,7 +209,7 @@ class BufferingGeventWorker(GeventWorker):
             if data is None:  # past the deadline
                 if buf:
                     self.log.warning(
-                        "client %s: request not received within %gs; answered 408",
+                        TIMEOUT_LOG,
                         addr[0] if addr else "?",
                         self.client_timeout,
                     )

@@ -9,7 +9,9 @@ prometheus-client (gunicorn's master imports the worker classes).
 
 from __future__ import annotations
 
+import contextlib
 import json
+import socket
 from typing import Any, NamedTuple
 
 __all__ = [
@@ -17,8 +19,10 @@ __all__ = [
     "HEADERS_TOO_LARGE",
     "MAX_HEADER_BYTES",
     "READ_CHUNK",
+    "TIMEOUT_LOG",
     "Verdict",
     "body_too_large_response",
+    "close_gently",
     "drain_body",
     "drop_expect",
     "error_response",
@@ -31,6 +35,8 @@ __all__ = [
 MAX_HEADER_BYTES = 64 * 1024
 READ_CHUNK = 256 * 1024
 CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
+#: The worker's log line for a 408 (arguments: the client's address, the client timeout).
+TIMEOUT_LOG = "client %s: request not received within %gs; answered 408"
 
 
 def _header_fields(head: bytes) -> dict[bytes, bytes]:
@@ -176,3 +182,21 @@ def drain_body(parser: Any) -> bool:
             return False
     parser.mesg = None  # drained: nothing for the parser to drain before the next request
     return True
+
+
+def close_gently(sock: Any) -> None:
+    """Close a client connection at once, without lingering and without a reset.
+
+    FIN, then drop what the kernel holds of the client's bytes (closing with unread bytes
+    resets the connection, and a reset can discard the answer before the client reads it: a
+    408, or a 413 whose body was never read), then close. Nothing waits: gthread's lingering
+    close reads from the client for up to 2 s on its event loop, so a client that keeps
+    trickling would stall every connection of the worker that long.
+    """
+    with contextlib.suppress(OSError):
+        sock.shutdown(socket.SHUT_WR)
+        sock.settimeout(0.0)  # reads raise instead of waiting (a gevent socket would wait)
+        while sock.recv(READ_CHUNK):
+            pass
+    with contextlib.suppress(OSError):
+        sock.close()

@@ -55,7 +55,9 @@ from serving.gateway.request_framing import (
     HEADERS_TOO_LARGE,
     MAX_HEADER_BYTES,
     READ_CHUNK,
+    TIMEOUT_LOG,
     body_too_large_response,
+    close_gently,
     drain_body,
     drop_expect,
     request_complete,
@@ -110,22 +112,6 @@ def _send_quietly(sock: Any, data: bytes) -> bool:
     return True
 
 
-def _close_now(sock: Any) -> None:
-    """Close a connection from the pool thread without lingering.
-
-    gthread would close it on its event loop with a lingering close that reads from the client
-    for up to 2 s; a client that keeps trickling would stall the loop (every connection of the
-    worker) that long. Here: FIN, drop what the kernel holds (so the close does not reset the
-    answer away), close.
-    """
-    with contextlib.suppress(OSError):
-        sock.shutdown(socket.SHUT_WR)
-        while sock.recv(65536, socket.MSG_DONTWAIT):
-            pass
-    with contextlib.suppress(OSError):
-        sock.close()
-
-
 class RequestBufferingWorker(GatewayWorker):
     """gthread with requests buffered in full before a thread serves them (module docstring)."""
 
@@ -158,7 +144,7 @@ class RequestBufferingWorker(GatewayWorker):
         try:
             result = self._handle(conn)
             if result is False:
-                _close_now(conn.sock)
+                close_gently(conn.sock)
             return result
         finally:
             with self._serving_done:
@@ -263,7 +249,7 @@ class RequestBufferingWorker(GatewayWorker):
         conn.convserve_pending = None
         if pending is not None and pending.buf:
             self.log.warning(
-                "client %s: request not received within %gs; answered 408",
+                TIMEOUT_LOG,
                 conn.client[0] if conn.client else "?",
                 self.client_timeout,
             )
