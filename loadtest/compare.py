@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import contextlib
 import fnmatch
+import functools
 import importlib
 import json
 import logging
@@ -31,7 +32,7 @@ import os
 import re
 import subprocess
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -241,7 +242,8 @@ def run_compare(entries: Sequence[Any], settings: Settings) -> list[dict[str, An
     (measurements may give several), each with its ``round`` (0-based)."""
     settings.out.mkdir(parents=True, exist_ok=True)
     rows: list[dict[str, Any]] = []
-    images = _Images(settings.images)
+    # The load test images, loaded when a measurement first needs them (once per run).
+    images = functools.cache(lambda: load_images(settings.images))
     with contextlib.ExitStack() as stack:
         ctx = Context(settings.model_dir, dict(settings.gateway_env), stack)
         for n in range(settings.rounds):
@@ -252,21 +254,8 @@ def run_compare(entries: Sequence[Any], settings: Settings) -> list[dict[str, An
     return rows
 
 
-class _Images:
-    """The load test images, loaded when a measurement first needs them (once per run)."""
-
-    def __init__(self, count: int) -> None:
-        self.count = count
-        self._set: Any = None
-
-    def get(self) -> Any:
-        if self._set is None:
-            self._set = load_images(self.count)
-        return self._set
-
-
 def _run_round(
-    entries: Sequence[Any], ctx: Context, settings: Settings, out: Path, images: _Images
+    entries: Sequence[Any], ctx: Context, settings: Settings, out: Path, images: Callable[[], Any]
 ) -> list[dict[str, Any]]:
     """One pass over the entries, artefacts under ``out``."""
     rows: list[dict[str, Any]] = []
@@ -280,7 +269,7 @@ def _run_round(
         started = time.monotonic()
         if isinstance(entry, Measurement):
             try:
-                rows += [_row(entry, "ok", **values) for values in entry.measure(ctx, images.get())]
+                rows += [_row(entry, "ok", **values) for values in entry.measure(ctx, images())]
             except (RuntimeError, ValueError, OSError, subprocess.SubprocessError) as exc:
                 rows.append(_row(entry, "error", reason=first_line(exc)))
         else:
