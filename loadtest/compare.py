@@ -40,7 +40,7 @@ from typing import Any
 from matplotlib.figure import Figure
 
 from loadtest import verdict
-from loadtest.images import load_images
+from loadtest.images import images_source, load_images
 from loadtest.procstats import CpuMeter
 from loadtest.registry import Configuration, Context, Entry, Measurement
 from loadtest.run import MEASUREMENT_KEYS, LoadSpec, LoadTestError, first_line, run_load
@@ -349,12 +349,13 @@ def write_report(rows: Sequence[dict[str, Any]], settings: Settings) -> str:
         f"{settings.users} users, spawn rate {settings.spawn_rate:g}/s, {settings.duration} "
         f"per row, {settings.images} images, {os.cpu_count()} CPUs"
     )
+    source = images_source(settings.images)
     medians = verdict.median_rows(rows) if settings.rounds > 1 else list(rows)
     verdicts = verdict.judge(rows)
     if settings.rounds > 1:
         title += f"; each row the median of {settings.rounds} rounds"
     table = (
-        f"{title}\n\n{markdown_table(medians)}\n\n"
+        f"{title}\n\nImages: {source}.\n\n{markdown_table(medians)}\n\n"
         f"Targets (ratios of rows of the same round, above 1 where ours is better; the median "
         f"over the rounds decides):\n\n{verdict.markdown(verdicts)}\n"
     )
@@ -365,6 +366,7 @@ def write_report(rows: Sequence[dict[str, Any]], settings: Settings) -> str:
             "spawn_rate": settings.spawn_rate,
             "duration": settings.duration,
             "images": settings.images,
+            "images_source": source,
             "processes": settings.processes,
             "gateway_env": dict(settings.gateway_env),
             "rounds": settings.rounds,

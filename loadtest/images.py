@@ -72,8 +72,17 @@ def load_images(limit: int = 1000, data_dir: str | os.PathLike[str] | None = Non
         x = read_idx(Path(folder) / spec_x.name, expected_magic=spec_x.magic)
         y = read_idx(Path(folder) / spec_y.name, expected_magic=spec_y.magic)
         pixels, labels = x[:limit], y[:limit].astype(np.int64)
-        source = f"Fashion-MNIST test set ({len(pixels)} images from {folder})"
     else:
         pixels, labels = generated_pixels(min(limit, GENERATED_COUNT)), None
-        source = f"generated ({len(pixels)} unlabelled images; set {ENV_VAR} to check labels)"
+    source = images_source(len(pixels), folder)
     return ImageSet(pixels, [encode_png(p) for p in pixels], labels, source)
+
+
+def images_source(limit: int = 1000, data_dir: str | os.PathLike[str] | None = None) -> str:
+    """Where `load_images` with the same arguments takes its images from (reads nothing): a
+    report says it, as a generated set carries no labels to check answers against."""
+    folder = data_dir or os.environ.get(ENV_VAR)
+    if folder:
+        return f"Fashion-MNIST test set ({limit} images from {folder})"
+    count = min(limit, GENERATED_COUNT)
+    return f"generated ({count} unlabelled images; set {ENV_VAR} to check labels)"

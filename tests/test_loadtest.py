@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from loadtest.images import load_images
+from loadtest.images import images_source, load_images
 from loadtest.run import SUMMARY_KEYS, LoadSpec, Unreachable, aggregate, check_reachable, run_load
 from loadtest.servers import ROOT, start_gateway, start_modelserver
 from serving.contract import MODEL_NAME
@@ -66,14 +66,17 @@ def test_generated_images_without_dataset(monkeypatch):
     images = load_images(50)
     assert len(images) == 50 and images.labels is None
     assert images.pixels.shape == (50, 28, 28) and images.pngs[0][:8] == b"\x89PNG\r\n\x1a\n"
-    assert "unlabelled" in images.source
     assert load_images(50).pngs == images.pngs  # deterministic
+    expected = "generated (50 unlabelled images; set FASHION_MNIST_DIR to check labels)"
+    assert images_source(50) == images.source == expected
 
 
 def test_dataset_images_carry_labels(fashion_mnist_dir, dataset):
     images = load_images(20, fashion_mnist_dir)
     assert (images.labels == dataset.y_test[:20]).all()
     assert (images.pixels == dataset.x_test[:20]).all()
+    expected = f"Fashion-MNIST test set (20 images from {fashion_mnist_dir})"
+    assert images_source(20, fashion_mnist_dir) == images.source == expected
 
 
 def test_aggregate_matches_locusts_percentile_rule():
@@ -288,3 +291,6 @@ def test_compare_end_to_end_with_absent_peers_skipped(exported_model, tmp_path):
     assert "| server CPU ms/req | Locust CPU ms/req |" in proc.stdout
     assert (out / "compare.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert doc["settings"]["users"] == 2 and doc["settings"]["duration"] == "2s"
+    # the report says where its images came from: labels are only checked on the dataset
+    assert doc["settings"]["images_source"] == images_source(100)
+    assert f"Images: {images_source(100)}." in proc.stdout
